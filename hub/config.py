@@ -44,6 +44,7 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_CHANGE_RECHECK_S = 1.0
 LEASE_STALE_MIN_S = 10.0  # well above the 3 s between a hub's checks of its locks: a slow hub is not taken for dead
 DEFAULT_BODY_TIMEOUT_S = 60.0
+DEFAULT_DB_TIMEOUT_S = 60.0
 DEFAULT_RATE_LIMIT_PER_S = 50.0
 DEFAULT_RATE_LIMIT_BURST = 100
 # Refused attempts (a failed sign-in, a webhook with a missing or bad signature) per client address on the public
@@ -103,6 +104,8 @@ class HubSettings:
     change_recheck_s: float = DEFAULT_CHANGE_RECHECK_S  # the change feed re-reads the newest change this often
     # PostgreSQL: another hub's lock connection silent this long (its hub paused, stuck) is ended to take its jobs
     lease_stale_s: float = DEFAULT_LEASE_STALE_S
+    # PostgreSQL: a request's database work (a transaction, a read) unanswered this long has its connection closed
+    db_timeout_s: float = DEFAULT_DB_TIMEOUT_S
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S  # a request body must arrive whole within this; else 408
     rate_limit_per_s: float = DEFAULT_RATE_LIMIT_PER_S  # write requests per second per credential; 0: no limit
     rate_limit_burst: int = DEFAULT_RATE_LIMIT_BURST  # write requests a credential may send at once
@@ -250,6 +253,11 @@ def _validate(s: HubSettings) -> None:
         raise ConfigError(
             f"lease_stale_s must be between {LEASE_STALE_MIN_S:g} and 3600 seconds, got {s.lease_stale_s}"
         )
+    if isinstance(s.db_timeout_s, int) and not isinstance(s.db_timeout_s, bool):
+        object.__setattr__(s, "db_timeout_s", float(s.db_timeout_s))
+    _typed("db_timeout_s", s.db_timeout_s, float)
+    if not 1.0 <= s.db_timeout_s <= 3600.0:
+        raise ConfigError(f"db_timeout_s must be between 1 and 3600 seconds, got {s.db_timeout_s}")
     _typed("clock_window_s", s.clock_window_s, int)
     if not CLOCK_WINDOW_MIN_S <= s.clock_window_s <= CLOCK_WINDOW_MAX_S:
         raise ConfigError(

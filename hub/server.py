@@ -301,7 +301,7 @@ async def _serve(settings: HubSettings, stop: asyncio.Event, sockets: Sequence[s
         with hold_serving_lock(path) if path is not None else contextlib.nullcontext():
             async with (
                 _answering_while_opening(settings, guard, tls, progress, sockets) as listener,
-                open_store(settings.db, progress) as store,
+                open_store(settings.db, progress, db_timeout_s=settings.db_timeout_s) as store,
             ):
                 guard.hub_id = store.hub_id  # the answers made below the app name the database too
                 await _serve_store(settings, stop, store, guard, budget.describe(), listener, moved)

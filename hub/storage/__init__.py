@@ -76,11 +76,15 @@ def sqlite_file(url_or_path: str | os.PathLike[str]) -> str | None:
     return target
 
 
-def open_store(url_or_path: str | os.PathLike[str], progress: MigrationProgress | None = None) -> StoreOpener[HubStore]:
+def open_store(
+    url_or_path: str | os.PathLike[str], progress: MigrationProgress | None = None, *, db_timeout_s: float | None = None
+) -> StoreOpener[HubStore]:
     """Open the store a URL or path names: ``sqlite:///abs/path.db`` (what follows
     ``sqlite://`` is the path), a plain file path, or ``postgresql://user:pw@host/db``
     (``postgres://`` too). ``await`` it, or use it as ``async with``. ``progress`` is kept up to date while it
-    opens (its migration, a wait for another hub's), for what the hub answers meanwhile (hub.starting)."""
+    opens (its migration, a wait for another hub's), for what the hub answers meanwhile (hub.starting). On
+    PostgreSQL, ``db_timeout_s`` bounds each request's database work (the hub's ``db_timeout_s``; None: the
+    store's default)."""
     target = os.fspath(url_or_path)
     path = sqlite_file(target)
     if path is None:
@@ -93,7 +97,7 @@ def open_store(url_or_path: str | os.PathLike[str], progress: MigrationProgress 
                 f"a postgresql:// database needs the {err.name} package, which cannot be loaded ({err}); "
                 "install shelfsync[postgres] or give a SQLite file path"
             ) from err
-        return PostgresHubStore.open(target, progress)
+        return PostgresHubStore.open(target, progress, db_timeout_s)
     return SqliteHubStore.open(path, progress)
 
 

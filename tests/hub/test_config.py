@@ -42,6 +42,7 @@ def test_relative_db_is_relative_to_the_file_and_urls_are_kept(tmp_path: Path) -
         ('[hub]\ndb = "x"\naccess_log = "yes"\n', "access_log must be true or false"),
         ('[hub]\ndb = "x"\nlog_level = "LOUD"\n', "log_level must be one of"),
         ('[hub]\ndb = "x"\nlease_stale_s = 3\n', "lease_stale_s must be between 10 and 3600 seconds, got 3.0"),
+        ('[hub]\ndb = "x"\ndb_timeout_s = 0.5\n', "db_timeout_s must be between 1 and 3600 seconds, got 0.5"),
         ('[hub]\ndb = "x"\nagent_copies_window_s = 0\n', "agent_copies_window_s must be between 1 and 86400 seconds"),
         ("[hub\n", "is not valid TOML"),
         ("[hub]\n", "no database given"),

@@ -75,6 +75,11 @@ INGEST_TX_MAX = 4
 # for it no longer than the shortest transaction in flight.
 LIVE_BATCH_EVENTS_MAX = 1_000
 CONNECT_TIMEOUT_S = 10.0
+# A request's database work (one transaction, or one read) that has had no end this long has its connection closed
+# and is answered 503: a server that went silent (a hung pooler or middlebox, a host gone while the hub waits for its
+# answer: asyncpg's sockets have no keepalive) held the request, its connection and its ingest turn for ever, and
+# the hub's stop waited for it. Far above lock_timeout (10 s) and the agents' 30 s timeout; the hub's db_timeout_s.
+DB_TIMEOUT_S = 60.0
 CLOSE_TIMEOUT_S = 30.0
 TX_ATTEMPTS = 10
 RETRY_BASE_S = 0.005
@@ -215,6 +220,21 @@ class PoolBusy(StoreError):
         )
 
 
+class NoNewConnection(StoreError):
+    """The pool had room but the server did not take the connection the request needed in time (not a busy pool:
+    the server or the path to it is silent)."""
+
+    def __init__(self, where: str, waited_s: float) -> None:
+        super().__init__(f"the hub database {where} did not take a new connection within {waited_s:g} s")
+
+
+class NoAnswer(TimeoutError):  # an OSError: one of CONNECTION_ERRORS, the connection is never used again
+    """The database did not finish a request's work within the hub's ``db_timeout_s``; its connection was closed."""
+
+    def __init__(self, waited_s: float) -> None:
+        super().__init__(f"it did not answer within {waited_s:g} s (db_timeout_s), so the hub closed that connection")
+
+
 # A write the server refused as read-only, in the hub's words before the server's: after a failover the URL may
 # still lead to the old primary, a standby now, and "cannot execute COPY FROM in a read-only transaction" alone did
 # not read as "this server takes no writes". First in the sentence: the log keeps a request's first 120 characters.
@@ -287,10 +307,11 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
     )
     WRITES_ON_A_THREAD = False  # asyncpg: every write is an await of the event loop
 
-    def __init__(self, url: str, pool: asyncpg.Pool, hub_id: str) -> None:
+    def __init__(self, url: str, pool: asyncpg.Pool, hub_id: str, db_timeout_s: float = DB_TIMEOUT_S) -> None:
         self.url = url
         self.hub_id = hub_id
         self._pool = pool
+        self._db_timeout_s = db_timeout_s
         self._inflight: set[asyncio.Task[Any]] = set()
         self._ingest_turns = asyncio.Semaphore(INGEST_TX_MAX)
         self._bulk_turns = asyncio.Semaphore(max(1, INGEST_TX_MAX - 1))  # taken first by a big batch
@@ -299,13 +320,18 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
         self._unreached_count = 0
 
     @classmethod
-    def open(cls, url: str, progress: MigrationProgress | None = None) -> StoreOpener[PostgresHubStore]:
+    def open(
+        cls, url: str, progress: MigrationProgress | None = None, db_timeout_s: float | None = None
+    ) -> StoreOpener[PostgresHubStore]:
         """``async with PostgresHubStore.open(url) as store:`` (or ``store = await …``); ``progress`` says how far
-        its migration (or its wait for another hub's) is meanwhile."""
-        return StoreOpener(lambda: cls._open(url, progress))
+        its migration (or its wait for another hub's) is meanwhile; ``db_timeout_s`` bounds each request's
+        database work (``DB_TIMEOUT_S`` if None)."""
+        return StoreOpener(lambda: cls._open(url, progress, DB_TIMEOUT_S if db_timeout_s is None else db_timeout_s))
 
     @classmethod
-    async def _open(cls, url: str, progress: MigrationProgress | None = None) -> PostgresHubStore:
+    async def _open(
+        cls, url: str, progress: MigrationProgress | None = None, db_timeout_s: float = DB_TIMEOUT_S
+    ) -> PostgresHubStore:
         where = redacted(url)
         try:
             pool = await asyncpg.create_pool(
@@ -339,7 +365,7 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
                 "(NTP) or the server's, whichever is wrong.",
                 span(offset_ms), "ahead of" if offset_ms > 0 else "behind",
             )  # fmt: skip
-        store = cls(url, pool, hub_id)
+        store = cls(url, pool, hub_id, db_timeout_s)
         store.feed_history = history
         return store
 
@@ -349,10 +375,16 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
         self._closed = True
         if self._inflight:  # writes already accepted are committed (or fail) first
             await asyncio.wait(set(self._inflight))
+        if self._unreached_since is not None:  # a server that did not answer the last request is not waited for
+            log.info("Closed the hub database's connections without waiting: it did not answer the last request.")
+            self._pool.terminate()
+            return
+        # Idle now: closing waits on the server's goodbye, as long as any answer may take (a silent path: db_timeout_s)
+        limit_s = min(CLOSE_TIMEOUT_S, self._db_timeout_s)
         try:
-            await asyncio.wait_for(self._pool.close(), CLOSE_TIMEOUT_S)
+            await asyncio.wait_for(self._pool.close(), limit_s)
         except TimeoutError:
-            log.warning("Closing the hub database took over %.0f s; its connections were cut.", CLOSE_TIMEOUT_S)
+            log.warning("Closing the hub database took over %g s; its connections were cut.", limit_s)
             self._pool.terminate()
 
     def _check_open(self) -> None:
@@ -362,17 +394,32 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
         """A pooled connection; one whose connection failed (``CONNECTION_ERRORS``) is closed, not pooled again.
-        ``PoolBusy`` when none is free within ``POOL_ACQUIRE_TIMEOUT_S``."""
+        ``PoolBusy`` when none is free within ``POOL_ACQUIRE_TIMEOUT_S`` (``NoNewConnection`` when the pool had room
+        and the server did not take a new one); ``NoAnswer`` when the work on it did not end within ``db_timeout_s``."""
         # The deadline is ours (asyncio.timeout: a timer), not the pool's: given one, asyncpg wraps each acquire in a
         # task of its own (wait_for), 2.2 % of the hub's CPU under the ingest bench, for a connection mostly free.
         try:
             async with asyncio.timeout(POOL_ACQUIRE_TIMEOUT_S):
                 conn: asyncpg.Connection = await self._pool.acquire()
         except TimeoutError:
+            if self._pool.get_size() < POOL_MAX_SIZE:  # room for one more: the wait was the server's, to connect
+                self._not_reached(TimeoutError())
+                raise NoNewConnection(redacted(self.url), POOL_ACQUIRE_TIMEOUT_S) from None
             raise PoolBusy(POOL_MAX_SIZE, POOL_ACQUIRE_TIMEOUT_S) from None
+        # Past db_timeout_s the connection is closed, which fails whatever awaits it at once (a cancelled query would
+        # wait on the silent server for its cancellation, and then for the rollback).
+        silent: list[bool] = []
+
+        def cut_off() -> None:
+            silent.append(True)
+            conn.terminate()
+
+        timer = asyncio.get_running_loop().call_later(self._db_timeout_s, cut_off)
         try:
             yield conn
-        except CONNECTION_ERRORS:
+        except CONNECTION_ERRORS as err:
+            if silent:
+                raise NoAnswer(self._db_timeout_s) from err
             # The pool opens a new one in its place. A session the server closed the driver has handed back to the
             # pool already, and terminate() on it would raise "connection has been released back to the pool" in
             # place of the server's reason, which the 503 and the log must say.
@@ -387,6 +434,7 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
                 conn.terminate()
             raise
         finally:
+            timer.cancel()
             await self._pool.release(conn)
 
     # --- transactions ------------------------------------------------------

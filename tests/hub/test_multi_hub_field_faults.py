@@ -1,0 +1,101 @@
+"""PostgreSQL hub processes broken the way the field breaks them, each bounded in time.
+
+The hubs are real processes (``python -m hub serve --db postgresql://…``) on 127.0.0.1, on a fresh schema of the
+shared test server. Faults of one hub's path to the server are made between the two (a TCP proxy of the test's own,
+``tests.harness.tcp_stall``), never by restarting the server, which other tests use at the same time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tests.harness.commands import hub_env
+from tests.harness.credentials import add_credential
+from tests.harness.hub_process import HubProcess
+from tests.harness.net import free_port, get_json, wait_until
+from tests.harness.tcp_stall import StallingProxy
+
+PG_PORT = 5432
+DB_TIMEOUT_S = 2.0  # the hub's db_timeout_s in these tests
+# A request's longest answer while the database is silent: a free connection's bound (DB_TIMEOUT_S), or the
+# wait for a free connection (POOL_ACQUIRE_TIMEOUT_S, 5 s) and a new one's connect (CONNECT_TIMEOUT_S, 10 s), with slack.
+ANSWER_BOUND_S = 15.0
+HTTP_TIMEOUT_S = 30.0  # the agents' own
+
+
+def _post_events(url: str, token: str, numbers: range) -> tuple[int, float, str | None]:
+    """POST receipts ``e-N`` of SKUs of their own; the answer's status, how long it took, its Retry-After."""
+    events = [{"id": f"e-{n}", "location": "S1", "sku": f"SKU-{n}", "kind": "receive", "qty": 1,
+               "occurred_at": "2026-01-01T00:00:00Z"} for n in numbers]  # fmt: skip
+    return _ask(url + "/v1/events", token, json.dumps({"events": events}).encode())
+
+
+def _ask(url: str, token: str | None = None, body: bytes | None = None) -> tuple[int, float, str | None]:
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    req = urllib.request.Request(url, data=body, headers=headers, method="GET" if body is None else "POST")
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S) as resp:
+            return resp.status, time.monotonic() - started, resp.headers.get("Retry-After")
+    except urllib.error.HTTPError as err:
+        return err.code, time.monotonic() - started, err.headers.get("Retry-After")
+    except TimeoutError:
+        return 0, time.monotonic() - started, None
+
+
+def test_a_hub_whose_database_stalls_answers_503_in_bounded_time_recovers_and_stops(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The path to PostgreSQL stalls (a hung pooler, a middlebox: the connections stay open, nothing comes back).
+    A request on a connection the hub held waited for ever — its connection and ingest turn with it — and a SIGTERM
+    then never ended the hub (the store waited for that request on its way out). Now every request is answered 503
+    with Retry-After within a bound, ``/livez`` answers at once, the hub holds no more connections than its pool,
+    says what happened in sentences, serves again by itself once the path flows, and stops on SIGTERM while stalled.
+    Events answered 503 and sent again are stored once."""
+    agent = add_credential(pg_url, "S1")
+    reader = add_credential(pg_url, role="reader")
+    with StallingProxy(PG_PORT) as proxy:
+        env = hub_env(SHELFSYNC_HUB_DB_TIMEOUT_S=str(DB_TIMEOUT_S))
+        hub = HubProcess(tmp_path / "hub.log", db=proxy.through(pg_url), port=free_port(), env=env)
+        try:
+            hub.start()
+            with ThreadPoolExecutor(8) as pool:  # a few connections open, as under load
+                assert {a[0] for a in pool.map(lambda n: _post_events(hub.url, agent.token, range(n, n + 1)),
+                                               range(6))} == {200}  # fmt: skip
+            proxy.stall()
+            with ThreadPoolExecutor(12) as pool:
+                posts = [pool.submit(_post_events, hub.url, agent.token, range(n, n + 5)) for n in range(100, 130, 5)]
+                checks = [pool.submit(_ask, f"{hub.url}/healthz") for _ in range(3)]
+                time.sleep(0.5)
+                live = _ask(f"{hub.url}/livez")
+                assert live[0] == 200 and live[1] < 1.0, live
+                answers = [f.result() for f in posts + checks]
+            for status, took_s, retry_after in answers:
+                assert status == 503 and retry_after and took_s < ANSWER_BOUND_S, answers
+            assert proxy.open_connections <= 10, proxy.open_connections  # POOL_MAX_SIZE: no pile-up
+
+            proxy.flow()  # the path flows again: the hub serves without a restart
+            wait_until("the hub stores events again",
+                       lambda: _post_events(hub.url, agent.token, range(100, 130))[0] == 200, poll_s=0.5)  # fmt: skip
+            wait_until("the hub says its database answers again", lambda: "answers again" in hub.log)
+            rows = get_json(f"{hub.url}/v1/ledger?location=S1&limit=100", reader.token)["events"]
+            skus = sorted(r["sku"] for r in rows)  # a SKU of its own per event: each event once
+            assert skus == sorted(f"SKU-{n}" for n in [*range(6), *range(100, 130)]), rows
+
+            proxy.stall()  # stalled again, with a request on its way: SIGTERM still ends the hub
+            with ThreadPoolExecutor(1) as pool:
+                pending = pool.submit(_post_events, hub.url, agent.token, range(200, 201))
+                time.sleep(0.5)
+                started = time.monotonic()
+                hub.stop(timeout_s=ANSWER_BOUND_S)
+                assert time.monotonic() - started < ANSWER_BOUND_S
+                assert pending.result()[0] in (0, 503), pending.result()
+        finally:
+            hub.close()
+    assert "Traceback" not in hub.log, hub.log
+    assert f"did not answer within {DB_TIMEOUT_S:g} s" in hub.log, hub.log
