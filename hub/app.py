@@ -294,8 +294,9 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
     events_api.setup(app, settings.clock_window_s)  # POST /v1/events
     quarantine.setup(app)  # GET /v1/quarantine, POST /v1/quarantine/release, POST /v1/quarantine/{id}
     dashboard.setup(app, store, settings.public_url, tls=bool(settings.tls_cert))  # /, /dashboard/…, /v1/status
-    order_routes.setup(app, settings.channels, settings.db, settings.clock_window_s)  # POST /v1/channels/{name}/webhooks
-    channel_http.setup(app, settings.channels, settings.db)  # GET /v1/channels …; runs each channel's pusher
+    # POST /v1/channels/{name}/webhooks
+    order_routes.setup(app, settings.channels, settings.db, settings.clock_window_s, settings.db_timeout_s)
+    channel_http.setup(app, settings.channels, settings.db, settings.db_timeout_s)  # GET /v1/channels …; the pushers
     return app
 
 

@@ -58,18 +58,20 @@ FINDINGS_ANSWERED_MAX = 100  # mapping findings in a refresh's answer (all are s
 class Channels:
     """The configured channels and, while the app runs, their pushers."""
 
-    def __init__(self, specs: Sequence[ChannelSpec], db_path: str) -> None:
+    def __init__(self, specs: Sequence[ChannelSpec], db_path: str, db_timeout_s: float | None = None) -> None:
         self.specs = {s.name: s for s in specs}
         self.db_path = db_path
+        self.db_timeout_s = db_timeout_s
         self.pushers: dict[str, ChannelPusher] = {}
 
 
 CHANNELS_KEY = web.AppKey("channels", Channels)
 
 
-def setup(app: web.Application, specs: Sequence[ChannelSpec], db_path: str) -> None:
-    """The channel routes; with ``specs``, each channel's pusher and reconciler while the app runs."""
-    app[CHANNELS_KEY] = Channels(specs, db_path)
+def setup(app: web.Application, specs: Sequence[ChannelSpec], db_path: str, db_timeout_s: float | None = None) -> None:
+    """The channel routes; with ``specs``, each channel's pusher and reconciler while the app runs (``db_timeout_s``:
+    the hub's, for the channel state's connections)."""
+    app[CHANNELS_KEY] = Channels(specs, db_path, db_timeout_s)
     r = app.router
     r.add_get("/v1/channels", get_channels, name="channels")
     r.add_get("/v1/channels/{name}/divergences", get_divergences, name="channel_divergences")
@@ -90,7 +92,9 @@ def setup(app: web.Application, specs: Sequence[ChannelSpec], db_path: str) -> N
 async def _run(app: web.Application) -> AsyncIterator[None]:
     channels = app[CHANNELS_KEY]
     specs = list(channels.specs.values())
-    async with channel_pushers(specs, app[STORE_KEY], channels.db_path, app[feed.FEED_KEY], app[LOCKS_KEY]) as pushers:
+    async with channel_pushers(
+        specs, app[STORE_KEY], channels.db_path, app[feed.FEED_KEY], app[LOCKS_KEY], channels.db_timeout_s
+    ) as pushers:
         channels.pushers = pushers
         try:
             yield

@@ -105,9 +105,12 @@ class Unavailable(Exception):
 class OrderWebhooks:
     """The order webhooks of every configured channel that has a webhook secret."""
 
-    def __init__(self, specs: Sequence[ChannelSpec], db_path: str, clock_window_ms: int) -> None:
+    def __init__(
+        self, specs: Sequence[ChannelSpec], db_path: str, clock_window_ms: int, db_timeout_s: float | None = None
+    ) -> None:
         self.specs = {s.name: s for s in specs if s.webhook_secret}
         self._db_path = db_path
+        self._db_timeout_s = db_timeout_s
         self._window_ms = clock_window_ms
         self._state: ChannelState | None = None
         self._connectors: dict[str, Any] = {}
@@ -124,7 +127,7 @@ class OrderWebhooks:
     async def run(self, app: web.Application) -> AsyncIterator[None]:
         """The channel state and one HTTP session for the channels' APIs, while the app runs."""
         async with (
-            open_channel_state(self._db_path) as state,
+            open_channel_state(self._db_path, self._db_timeout_s) as state,
             aiohttp.ClientSession(trust_env=False) as session,
         ):
             self._state = state
@@ -502,9 +505,13 @@ def _who(spec: ChannelSpec) -> AgentIdentity:
 HOOKS_KEY = web.AppKey("order_webhooks", OrderWebhooks)
 
 
-def setup(app: web.Application, specs: Sequence[ChannelSpec], db_path: str, clock_window_s: int) -> None:
-    """Add ``POST /v1/channels/{name}/webhooks`` (public: the signature authenticates) and its resources."""
-    hooks = OrderWebhooks(specs, db_path, clock_window_s * 1000)
+def setup(
+    app: web.Application, specs: Sequence[ChannelSpec], db_path: str, clock_window_s: int,
+    db_timeout_s: float | None = None,
+) -> None:  # fmt: skip
+    """Add ``POST /v1/channels/{name}/webhooks`` (public: the signature authenticates) and its resources
+    (``db_timeout_s``: the hub's, for the channel state's connections)."""
+    hooks = OrderWebhooks(specs, db_path, clock_window_s * 1000, db_timeout_s)
     app[HOOKS_KEY] = hooks
     app[PUBLIC_ROUTES_KEY] = app[PUBLIC_ROUTES_KEY] | {ROUTE_NAME}
     heads.add(app, "POST", ROUTE, hooks.handle, name=ROUTE_NAME, guard=hooks.head)  # public: signed

@@ -89,12 +89,13 @@ def is_postgres(db: str) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def open_channel_state(db: str) -> AsyncIterator[SqlChannelState]:
-    """The channel state in the hub's database: ``db`` is its SQLite file (or ``sqlite://`` URL) or PostgreSQL URL."""
+async def open_channel_state(db: str, db_timeout_s: float | None = None) -> AsyncIterator[SqlChannelState]:
+    """The channel state in the hub's database: ``db`` is its SQLite file (or ``sqlite://`` URL) or PostgreSQL URL;
+    on PostgreSQL, ``db_timeout_s`` (the hub's) bounds the work on each of its connections."""
     if is_postgres(db):
         from hub.channels.state_postgres import PostgresChannelState  # the driver loads only for a PostgreSQL hub
 
-        state: SqlChannelState = await PostgresChannelState.open(db)
+        state: SqlChannelState = await PostgresChannelState.open(db, db_timeout_s)
     else:
         state = await SqliteChannelState.open(db)
     async with state:
@@ -175,7 +176,7 @@ async def refresh_asked(p: ChannelPusher) -> SkuMapping:
 @contextlib.asynccontextmanager
 async def channel_pushers(
     specs: Sequence[ChannelSpec], feed: FeedReader, db_path: str, waiter: ChangeWaiter,
-    locks: LockConnections | None = None,
+    locks: LockConnections | None = None, db_timeout_s: float | None = None,
 ) -> AsyncIterator[dict[str, ChannelPusher]]:  # fmt: skip
     """Run one pusher (and reconciler) per channel until the block ends. ``db_path``: the hub's database;
     ``locks``: the hub's lock connections (``hub.leases.share_locks``; the channels take theirs) and its
@@ -184,7 +185,7 @@ async def channel_pushers(
     The dict yielded is kept up to date: on a PostgreSQL hub a channel's entry is replaced when this hub takes the
     channel over or gives it up."""
     async with (
-        open_channel_state(db_path) as state,
+        open_channel_state(db_path, db_timeout_s) as state,
         aiohttp.ClientSession(trust_env=False, connector=aiohttp.TCPConnector(limit=max(2, len(specs) * 2))) as session,
     ):
         locks = locks or LockConnections(db_path, DEFAULT_LEASE_STALE_S)

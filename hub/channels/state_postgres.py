@@ -38,10 +38,13 @@ from hub.storage.postgres.schema import migrate
 from hub.storage.postgres.store import (
     CLOSE_TIMEOUT_S,
     CONNECT_TIMEOUT_S,
+    DB_TIMEOUT_S,
+    POOL_ACQUIRE_TIMEOUT_S,
     RETRY_BASE_S,
     RETRY_MAX_S,
     RETRY_SQLSTATES,
     TX_ATTEMPTS,
+    NoAnswer,
     redacted,
     server_says,
     session_settings,
@@ -61,15 +64,18 @@ TX_BACKOFF = Backoff(base_s=2 * RETRY_BASE_S, max_s=RETRY_MAX_S, jitter=FULL_JIT
 class PostgresChannelState(SqlChannelState):
     """``ChannelState`` in a PostgreSQL hub's database (shared by every hub process on it)."""
 
-    def __init__(self, pool: asyncpg.Pool, where: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, where: str, db_timeout_s: float = DB_TIMEOUT_S) -> None:
         self._pool = pool
         self._where = where  # the URL without its password
+        self._db_timeout_s = db_timeout_s  # the hub's db_timeout_s: work on a connection unanswered this long is cut
+        self._unanswered = False  # the last work found the server silent or gone: closing does not wait for it
         self._closed = False
         self._rng = random.Random()
 
     @classmethod
-    async def open(cls, url: str) -> PostgresChannelState:
-        """Open a pool on the hub's database URL, migrating it if the hub has not yet."""
+    async def open(cls, url: str, db_timeout_s: float | None = None) -> PostgresChannelState:
+        """Open a pool on the hub's database URL, migrating it if the hub has not yet; ``db_timeout_s`` bounds the
+        work on each connection as the hub store's (``DB_TIMEOUT_S`` if None)."""
         where = redacted(url)
         try:
             pool = await asyncpg.create_pool(
@@ -87,17 +93,21 @@ class PostgresChannelState(SqlChannelState):
         except BaseException:
             await pool.close()
             raise
-        return cls(pool, where)
+        return cls(pool, where, DB_TIMEOUT_S if db_timeout_s is None else db_timeout_s)
 
     async def close(self) -> None:
         """Close the pool; safe twice, and any call afterwards raises ``StoreClosed``."""
         if self._closed:
             return
         self._closed = True
+        if self._unanswered:  # a server that did not answer the last work is not waited for (as the hub store's)
+            self._pool.terminate()
+            return
+        limit_s = min(CLOSE_TIMEOUT_S, self._db_timeout_s)
         try:
-            await asyncio.wait_for(self._pool.close(), CLOSE_TIMEOUT_S)
+            await asyncio.wait_for(self._pool.close(), limit_s)
         except TimeoutError:
-            log.warning("Closing the channel state's connections took over %.0f s; they were cut.", CLOSE_TIMEOUT_S)
+            log.warning("Closing the channel state's connections took over %g s; they were cut.", limit_s)
             self._pool.terminate()
 
     @contextlib.asynccontextmanager
@@ -105,14 +115,37 @@ class PostgresChannelState(SqlChannelState):
         """A pooled connection; one that met a server refusing writes is not pooled again (as the hub store's,
         ``hub.storage.postgres.store``): a primary demoted to a standby at a failover refuses them for as long as
         the session lasts, and a new one, with a URL asking for target_session_attrs=read-write, goes to the server
-        that took writes over."""
-        async with self._pool.acquire() as conn:
-            try:
-                yield conn
-            except asyncpg.ReadOnlySQLTransactionError:
-                with contextlib.suppress(asyncpg.InterfaceError):
-                    conn.terminate()
-                raise
+        that took writes over. As the hub store's, a connection comes within ``POOL_ACQUIRE_TIMEOUT_S`` (else
+        ``TimeoutError``), and one whose work has not ended within ``db_timeout_s`` is closed (``NoAnswer``): a
+        silent server held the pushers' connections for ever, and the channels' work with them."""
+        try:
+            async with asyncio.timeout(POOL_ACQUIRE_TIMEOUT_S):
+                conn: asyncpg.Connection = await self._pool.acquire()
+        except TimeoutError:
+            self._unanswered = True
+            raise TimeoutError(f"no connection came within {POOL_ACQUIRE_TIMEOUT_S:g} s") from None
+        silent: list[bool] = []
+
+        def cut_off() -> None:
+            silent.append(True)
+            conn.terminate()
+
+        timer = asyncio.get_running_loop().call_later(self._db_timeout_s, cut_off)
+        try:
+            yield conn
+            self._unanswered = False
+        except (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError) as err:
+            self._unanswered = True
+            if silent:
+                raise NoAnswer(self._db_timeout_s) from err
+            raise
+        except asyncpg.ReadOnlySQLTransactionError:
+            with contextlib.suppress(asyncpg.InterfaceError):
+                conn.terminate()
+            raise
+        finally:
+            timer.cancel()
+            await self._pool.release(conn)
 
     async def _read(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
         try:

@@ -42,11 +42,6 @@ class StallingProxy:
         netloc = parts.netloc.rpartition("@")
         return urlunsplit(parts._replace(netloc=f"{netloc[0]}{netloc[1]}{LOOPBACK}:{self.port}"))
 
-    @property
-    def open_connections(self) -> int:
-        """Connections the hub holds open through the proxy now."""
-        return len(self._pairs)
-
     def stall(self) -> None:
         self._call_soon(self._flowing.clear)
 

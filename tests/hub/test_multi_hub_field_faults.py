@@ -7,6 +7,7 @@ shared test server. Faults of one hub's path to the server are made between the 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import urllib.error
@@ -14,6 +15,10 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psutil
+import pytest
+
+from tests.channels.emulators.square import SquareEmulator
 from tests.harness.commands import hub_env
 from tests.harness.credentials import add_credential
 from tests.harness.hub_process import HubProcess
@@ -53,10 +58,10 @@ def test_a_hub_whose_database_stalls_answers_503_in_bounded_time_recovers_and_st
 ) -> None:
     """The path to PostgreSQL stalls (a hung pooler, a middlebox: the connections stay open, nothing comes back).
     A request on a connection the hub held waited for ever — its connection and ingest turn with it — and a SIGTERM
-    then never ended the hub (the store waited for that request on its way out). Now every request is answered 503
-    with Retry-After within a bound, ``/livez`` answers at once, the hub holds no more connections than its pool,
-    says what happened in sentences, serves again by itself once the path flows, and stops on SIGTERM while stalled.
-    Events answered 503 and sent again are stored once."""
+    then never ended the hub (the store waited for that request on its way out). Now every request (events,
+    ``/healthz``, ``/v1/status``) is answered 503 with Retry-After within a bound, ``/livez`` answers at once, the
+    hub holds no more connections than its pool, says what happened in sentences, serves again by itself once the
+    path flows, and stops on SIGTERM while stalled. Events answered 503 and sent again are stored once."""
     agent = add_credential(pg_url, "S1")
     reader = add_credential(pg_url, role="reader")
     with StallingProxy(PG_PORT) as proxy:
@@ -71,13 +76,15 @@ def test_a_hub_whose_database_stalls_answers_503_in_bounded_time_recovers_and_st
             with ThreadPoolExecutor(12) as pool:
                 posts = [pool.submit(_post_events, hub.url, agent.token, range(n, n + 5)) for n in range(100, 130, 5)]
                 checks = [pool.submit(_ask, f"{hub.url}/healthz") for _ in range(3)]
+                checks += [pool.submit(_ask, f"{hub.url}/v1/status", reader.token) for _ in range(2)]
                 time.sleep(0.5)
                 live = _ask(f"{hub.url}/livez")
                 assert live[0] == 200 and live[1] < 1.0, live
                 answers = [f.result() for f in posts + checks]
             for status, took_s, retry_after in answers:
                 assert status == 503 and retry_after and took_s < ANSWER_BOUND_S, answers
-            assert proxy.open_connections <= 10, proxy.open_connections  # POOL_MAX_SIZE: no pile-up
+            held = [c for c in psutil.Process(hub.pid).net_connections("tcp") if c.raddr and c.raddr.port == proxy.port]
+            assert len(held) <= 10, held  # POOL_MAX_SIZE: no pile-up
 
             proxy.flow()  # the path flows again: the hub serves without a restart
             wait_until("the hub stores events again",
@@ -99,3 +106,57 @@ def test_a_hub_whose_database_stalls_answers_503_in_bounded_time_recovers_and_st
             hub.close()
     assert "Traceback" not in hub.log, hub.log
     assert f"did not answer within {DB_TIMEOUT_S:g} s" in hub.log, hub.log
+
+
+def _sold(url: str, token: str, event_id: str, qty: int, minute: int) -> int:
+    event = {"id": event_id, "location": "S1", "sku": "SKU-1", "kind": "receive" if qty > 0 else "sale", "qty": qty,
+             "occurred_at": f"2026-01-01T00:{minute:02d}:00Z"}  # fmt: skip
+    return _ask(f"{url}/v1/events", token, json.dumps({"events": [event]}).encode())[0]
+
+
+async def test_a_hub_whose_database_stalls_loses_its_channel_to_another_hub_and_stops_without_waiting_for_it(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two hubs push one Square channel; the path of the pushing hub to PostgreSQL stalls. The other hub takes the
+    channel over (past lease_stale_s) and pushes the next sale. The stalled hub, stopped, waited 30 s on the channel
+    state's silent connections (their close had no bound but its own 30 s) and said "(...) failed ()" where a lock
+    connection timed out: it stops within the bound now, and says what timed out."""
+    async with SquareEmulator() as square:
+        monkeypatch.setenv("SQUARE_TOKEN", square.token)
+        location_id, variation = square.add_location(), square.add_variation("SKU-1")
+        agent = await asyncio.to_thread(add_credential, pg_url, "S1")
+        config = tmp_path / "hub.toml"
+        config.write_text(
+            f"[hub]\nlease_stale_s = 10\ndb_timeout_s = {DB_TIMEOUT_S}\n\n"
+            f'[[channel]]\nname = "pickup"\nkind = "square"\nurl = "{square.url}"\nsecret_env = "SQUARE_TOKEN"\n'
+            f'pool = {{ S1 = "{location_id}" }}\nbuffer = 1\n',
+            encoding="utf-8",
+        )
+        env = {**hub_env(), "SQUARE_TOKEN": square.token}
+        with StallingProxy(PG_PORT) as proxy:
+            stalled = HubProcess(tmp_path / "hub-1.log", "--config", str(config), db=proxy.through(pg_url),
+                                 port=free_port(), env=env)  # fmt: skip
+            other = HubProcess(tmp_path / "hub-2.log", "--config", str(config), db=pg_url, port=free_port(), env=env)
+            try:
+                await asyncio.to_thread(stalled.start)  # first: it pushes the channel
+                await asyncio.to_thread(wait_until, "the first hub pushes the channel",
+                                        lambda: "pickup: this hub pushes it now" in stalled.log)  # fmt: skip
+                await asyncio.to_thread(other.start)
+                assert await asyncio.to_thread(_sold, other.url, agent.token, "delivery-1", 6, 0) == 200
+                await asyncio.to_thread(wait_until, "Square shows the 6 received less the buffer of 1",
+                                        lambda: square.quantity(variation, location_id) == 5)  # fmt: skip
+
+                proxy.stall()
+                assert await asyncio.to_thread(_sold, other.url, agent.token, "sale-1", -2, 1) == 200
+                await asyncio.to_thread(wait_until, "the other hub takes the channel over and pushes the sale",
+                                        lambda: square.quantity(variation, location_id) == 3, 60.0)  # fmt: skip
+                started = time.monotonic()
+                await asyncio.to_thread(stalled.stop, timeout_s=ANSWER_BOUND_S)
+                assert time.monotonic() - started < ANSWER_BOUND_S
+            finally:
+                stalled.close()
+                other.close()
+    for hub in (stalled, other):
+        assert "Traceback" not in hub.log and "ended by itself" not in hub.log, hub.log
+        assert "()" not in hub.log, hub.log  # a timeout is named, not an empty pair of parentheses
+    assert "pickup: this hub pushes it now" in other.log

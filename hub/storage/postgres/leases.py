@@ -70,6 +70,13 @@ END_STALE_SQL = (
 )
 
 
+def _why(err: BaseException, waited_s: float) -> str:
+    """What ``err`` says, for a sentence's parentheses: a timeout says nothing by itself ("()" in the log)."""
+    if isinstance(err, TimeoutError) and not str(err):
+        return f"no answer within {waited_s:g} s"
+    return str(err) or type(err).__name__
+
+
 class LockConnection:
     """A connection on which a hub process holds session-level advisory locks.
 
@@ -109,7 +116,9 @@ class LockConnection:
                         server_settings={**session_settings(self.url), **LOCK_SESSION_SETTINGS},
                     )  # fmt: skip
                 except (*DB_ERRORS, ValueError) as err:
-                    raise StoreError(f"cannot reach {self.where} to take {locks} ({err})") from err
+                    raise StoreError(
+                        f"cannot reach {self.where} to take {locks} ({_why(err, CONNECT_TIMEOUT_S)})"
+                    ) from err
                 self._conn = conn
                 self.generation += 1
             return conn
@@ -202,7 +211,7 @@ class Leases:
         except DB_ERRORS as err:
             await self._drop(conn)
             what = self._lock.format(name=name)
-            raise StoreError(f"taking {what} in {self._where} failed ({err})") from err
+            raise StoreError(f"taking {what} in {self._where} failed ({_why(err, LEASE_QUERY_TIMEOUT_S)})") from err
         if got:
             self.held.add(name)
             return True
@@ -232,7 +241,9 @@ class Leases:
             return
         except DB_ERRORS as err:
             await self._drop(conn)
-            raise StoreError(f"checking the holder of {what} in {self._where} failed ({err})") from err
+            raise StoreError(
+                f"checking the holder of {what} in {self._where} failed ({_why(err, LEASE_QUERY_TIMEOUT_S)})"
+            ) from err
         if ended:
             source = "a local socket" if row["addr"] is None else f"{row['addr']} port {row['port']}"
             log.warning(
@@ -259,7 +270,9 @@ class Leases:
         except DB_ERRORS as err:
             await self._drop(conn)
             what = self._lock.format(name=name)
-            raise StoreError(f"giving back {what} in {self._where} failed ({err})") from err
+            raise StoreError(
+                f"giving back {what} in {self._where} failed ({_why(err, LEASE_QUERY_TIMEOUT_S)})"
+            ) from err
 
     async def alive(self) -> bool:
         """The connection answers: every lock in ``held`` is still this hub's. Its query is also what proves this
