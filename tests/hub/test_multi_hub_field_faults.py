@@ -31,26 +31,30 @@ DB_TIMEOUT_S = 2.0  # the hub's db_timeout_s in these tests
 # wait for a free connection (POOL_ACQUIRE_TIMEOUT_S, 5 s) and a new one's connect (CONNECT_TIMEOUT_S, 10 s), with slack.
 ANSWER_BOUND_S = 15.0
 HTTP_TIMEOUT_S = 30.0  # the agents' own
+# A stop of a hub whose database is silent: mostly 2-4 s; its lock connection's last queries (giving a lock back,
+# closing) may take LEASE_QUERY_TIMEOUT_S (5 s) each. The channel state's close alone took 30 s before.
+STOP_BOUND_S = 25.0
 
 
-def _post_events(url: str, token: str, numbers: range) -> tuple[int, float, str | None]:
-    """POST receipts ``e-N`` of SKUs of their own; the answer's status, how long it took, its Retry-After."""
+def _post_events(url: str, token: str, numbers: range) -> tuple[int, float, str | None, str]:
+    """POST receipts ``e-N`` of SKUs of their own; the answer's status, how long it took, its Retry-After, its body
+    (a status 0: no answer in the agents' time)."""
     events = [{"id": f"e-{n}", "location": "S1", "sku": f"SKU-{n}", "kind": "receive", "qty": 1,
                "occurred_at": "2026-01-01T00:00:00Z"} for n in numbers]  # fmt: skip
     return _ask(url + "/v1/events", token, json.dumps({"events": events}).encode())
 
 
-def _ask(url: str, token: str | None = None, body: bytes | None = None) -> tuple[int, float, str | None]:
+def _ask(url: str, token: str | None = None, body: bytes | None = None) -> tuple[int, float, str | None, str]:
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
     req = urllib.request.Request(url, data=body, headers=headers, method="GET" if body is None else "POST")
     started = time.monotonic()
     try:
         with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S) as resp:
-            return resp.status, time.monotonic() - started, resp.headers.get("Retry-After")
+            return resp.status, time.monotonic() - started, resp.headers.get("Retry-After"), resp.read().decode()
     except urllib.error.HTTPError as err:
-        return err.code, time.monotonic() - started, err.headers.get("Retry-After")
+        return err.code, time.monotonic() - started, err.headers.get("Retry-After"), err.read().decode()
     except TimeoutError:
-        return 0, time.monotonic() - started, None
+        return 0, time.monotonic() - started, None, ""
 
 
 def test_a_hub_whose_database_stalls_answers_503_in_bounded_time_recovers_and_stops(
@@ -81,8 +85,11 @@ def test_a_hub_whose_database_stalls_answers_503_in_bounded_time_recovers_and_st
                 live = _ask(f"{hub.url}/livez")
                 assert live[0] == 200 and live[1] < 1.0, live
                 answers = [f.result() for f in posts + checks]
-            for status, took_s, retry_after in answers:
+            for status, took_s, retry_after, _ in answers:
                 assert status == 503 and retry_after and took_s < ANSWER_BOUND_S, answers
+            said = {text for *_, text in answers}  # the requests that had a connection, then those that waited for one
+            assert any(f"did not answer within {DB_TIMEOUT_S:g} s (db_timeout_s)" in text for text in said), said
+            assert not any("database connections of this hub stayed busy" in text for text in said), said  # idle
             held = [c for c in psutil.Process(hub.pid).net_connections("tcp") if c.raddr and c.raddr.port == proxy.port]
             assert len(held) <= 10, held  # POOL_MAX_SIZE: no pile-up
 
@@ -105,7 +112,6 @@ def test_a_hub_whose_database_stalls_answers_503_in_bounded_time_recovers_and_st
         finally:
             hub.close()
     assert "Traceback" not in hub.log, hub.log
-    assert f"did not answer within {DB_TIMEOUT_S:g} s" in hub.log, hub.log
 
 
 def _sold(url: str, token: str, event_id: str, qty: int, minute: int) -> int:
@@ -151,8 +157,8 @@ async def test_a_hub_whose_database_stalls_loses_its_channel_to_another_hub_and_
                 await asyncio.to_thread(wait_until, "the other hub takes the channel over and pushes the sale",
                                         lambda: square.quantity(variation, location_id) == 3, 60.0)  # fmt: skip
                 started = time.monotonic()
-                await asyncio.to_thread(stalled.stop, timeout_s=ANSWER_BOUND_S)
-                assert time.monotonic() - started < ANSWER_BOUND_S
+                await asyncio.to_thread(stalled.stop, timeout_s=STOP_BOUND_S)
+                assert time.monotonic() - started < STOP_BOUND_S
             finally:
                 stalled.close()
                 other.close()
