@@ -715,6 +715,12 @@ def _human(r: dict[str, Any]) -> str:
             f"lineage      forked from epoch {r['forked_from_epoch']} at {at} (outbox restored, copied or rolled"
             f" back); resent {r['fork_resent']:,} events from seq {r['epoch_base']:,}"
         )
+    if r.get("hub_lacks"):
+        at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(r["hub_lacks_ms"] / 1000))
+        lines.append(
+            f"hub LACKS    {r['hub_lacks']:,} acknowledged movements (of seq {r['hub_lacks_seqs']}) since its mark went"
+            f" back at {at} (restored from an older copy?), which this outbox had purged: count the stock again"
+        )
     if r.get("rebound_from") is not None:
         at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(r["rebound_ms"] / 1000))
         lines.append(f"rebound      from agent {r['rebound_from']} at {at} (shelfsync-agent rebind)")

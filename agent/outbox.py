@@ -229,6 +229,9 @@ class AnswerResult:
     # due keys whose pending movements this answer settled without bringing their counts (the hub refused or held
     # them): nothing of them is pending now, so their counts can be read (agent.counts.due_settled)
     due_settled: int = 0
+    # rewound: the movements between the hub's mark and the one it acknowledged before that this outbox no longer
+    # holds (retention purged them): the restored hub lacks them for good
+    gone: int = 0
 
     @property
     def rewound(self) -> bool:
@@ -277,6 +280,10 @@ class OutboxStats:
     rebound_from: str | None = None  # the agent id this outbox belonged to before the last ``rebind``, and when
     rebound_ms: int | None = None
     feed_cursor: int | None = None  # where the count cache follows the hub's change feed (None: it never did)
+    # the last rewind that found acknowledged movements purged (``AnswerResult.gone``): how many, the seqs, when
+    hub_lacks: int | None = None
+    hub_lacks_seqs: str | None = None
+    hub_lacks_ms: int | None = None
     set_aside_codes: dict[str, int] = field(default_factory=dict)  # set_aside by the hub's code
 
 
@@ -1087,6 +1094,9 @@ class Outbox(SqliteFile):
         if hub_chain is not None and hwm > 0 and mine != hub_chain and (mine is not None or hwm > previous):
             why = f"the hub's seq {hwm:,} of epoch {epoch} is another copy's movement, not this outbox's"
             return self._fork(conn, hwm, previous, why, rejections, now_ms)
+        gone = _gone(conn, hwm, previous) if hwm < previous else 0
+        if gone:
+            _set_meta(conn, hub_lacks=gone, hub_lacks_seqs=f"{hwm + 1}-{previous}", hub_lacks_ms=now_ms)
         _set_meta(conn, acked_seq=hwm, ack_chain=mine if mine is not None else hub_chain)
         kept_ms = self._age(conn, hub_ms)
         if hwm > previous and kept_ms is not None:
@@ -1094,7 +1104,7 @@ class Outbox(SqliteFile):
         set_aside = self._set_aside(conn, rejections)
         if kept_ms is not None and kept_ms - self._last_purge_ms >= PURGE_EVERY_MS:
             self._purge(conn)
-        return AnswerResult(hwm, previous, set_aside, _backlog(conn)[0])  # not count(*): a million rows take 50 ms
+        return AnswerResult(hwm, previous, set_aside, _backlog(conn)[0], gone=gone)  # not count(*): 1e6 rows, 50 ms
 
     def _age(self, conn: sqlite3.Connection, hub_ms: int | None) -> int | None:
         """Move the retention clock for an answer stamped ``hub_ms`` by the hub, and return it (None: no hub
@@ -1195,7 +1205,17 @@ class Outbox(SqliteFile):
         self._log_ack(hwm, result)
 
     def _log_ack(self, hwm: int, result: AnswerResult) -> None:
-        if result.rewound:
+        if result.gone:
+            log.error(
+                "The hub's high-water mark for epoch %d is %d, below the %d it acknowledged before (its database was"
+                " restored from an older copy?), and %s of the movements it acknowledged from seq %d to %d are no"
+                " longer in this outbox (kept %g days after the hub acknowledged them): the hub lacks them for"
+                " good and its counts of this store are off by them; count the store's stock again. The %s events"
+                " this outbox still holds are sent again.",
+                self.epoch, hwm, result.previous_acked_seq, f"{result.gone:,}", hwm + 1, result.previous_acked_seq,
+                self._retention_ms / 86_400_000, f"{result.backlog:,}",
+            )  # fmt: skip
+        elif result.rewound:
             log.warning(
                 "The hub's high-water mark for epoch %d is %d, below the %d it acknowledged before"
                 " (restored from a backup, or another hub?); resending %s events from seq %d.",
@@ -1497,6 +1517,9 @@ class Outbox(SqliteFile):
                 rebound_from=_meta(conn, "rebound_from"),
                 rebound_ms=_meta(conn, "rebound_ms"),
                 feed_cursor=_meta(conn, "feed_cursor"),
+                hub_lacks=_meta(conn, "hub_lacks"),
+                hub_lacks_seqs=_meta(conn, "hub_lacks_seqs"),
+                hub_lacks_ms=_meta(conn, "hub_lacks_ms"),
                 set_aside_codes=dict(
                     conn.execute(
                         f"SELECT code, count(*) FROM rejected WHERE code <> '{HELD_CODE}' GROUP BY code ORDER BY code"
@@ -1518,6 +1541,13 @@ def _chain_at(conn: sqlite3.Connection, seq: int, acked_seq: int) -> bytes | Non
     if known is None and seq == _meta(conn, "epoch_base"):
         known = _meta(conn, "base_chain")
     return None if known is None else bytes(known)
+
+
+def _gone(conn: sqlite3.Connection, hwm: int, previous: int) -> int:
+    """How many of the seqs ``hwm`` + 1 … ``previous`` (acknowledged, and the hub's mark went back below them) this
+    outbox no longer holds: retention purged them, so a hub restored from an older copy can never be sent them."""
+    (held,) = conn.execute("SELECT count(*) FROM events WHERE seq > ? AND seq <= ?", (hwm, previous)).fetchone()
+    return max(0, previous - hwm - int(held))
 
 
 def _migrate_to_2(conn: sqlite3.Connection) -> None:
