@@ -477,7 +477,11 @@ def test_the_partial_copy_of_a_killed_backup_is_removed_by_the_next_one_and_a_li
 
 def test_a_damaged_backup_put_in_place_is_refused_at_the_first_start_not_served(tmp_path: Path) -> None:
     """A copy damaged since it was made (a bad disk, a torn transfer) is checked when the hub finds it restored:
-    one sentence, exit status 2, the file untouched; not served until a request reaches the damaged pages."""
+    one sentence, exit status 2, the file untouched; not served until a request reaches the damaged pages.
+
+    Found: a copy cut short (half of it copied: a full disk, a transfer stopped midway) was refused with SQLite's
+    words alone (`cannot open the hub database …: database disk image is malformed`), which said neither that the
+    file was damaged nor what to do. Now it is said damaged, and cut short: how long it is and should be."""
     db = tmp_path / "hub.db"
     env = hub_env(SHELFSYNC_HUB_DB=str(db), SHELFSYNC_HUB_PORT="0")
     credential(env, "--location", LOCATION)
@@ -487,6 +491,7 @@ def test_a_damaged_backup_put_in_place_is_refused_at_the_first_start_not_served(
         (root,) = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = 'events'").fetchone()
         (page_size,) = conn.execute("PRAGMA page_size").fetchone()
     conn.close()
+    whole = copy.read_bytes()
     with open(copy, "r+b") as f:  # the events table's first page overwritten: the rest of the file reads well
         f.seek((root - 1) * page_size)
         f.write(b"\xa5" * page_size)
@@ -501,6 +506,21 @@ def test_a_damaged_backup_put_in_place_is_refused_at_the_first_start_not_served(
     assert "hub listening" not in run.stderr
     kept = db.read_bytes()
     assert kept[(root - 1) * page_size : root * page_size] == damaged[(root - 1) * page_size : root * page_size]
+
+    cut = (len(whole) // page_size // 2) * page_size
+    for name in ("hub.db", "hub.db.feed-home"):
+        (tmp_path / name).unlink(missing_ok=True)
+    db.write_bytes(whole[:cut])
+    for command in (("serve",), ("agent", "list")):
+        run = run_hub(*command, env=env, timeout_s=COMMAND_TIMEOUT_S)
+        sentence = (
+            f"shelfsync-hub: the hub database {db} is damaged: it is {cut:,} bytes, shorter than the {len(whole):,}"
+            " its header says (a copy cut short: a full disk, a copy stopped midway), and SQLite reads it as"
+            " malformed (database disk image is malformed); restore another backup (docs/operations.md, Backup and"
+            " restore)"
+        )
+        assert run.returncode == 2 and run.stderr.strip().splitlines()[-1:] == [sentence], (command, run.stderr)
+        assert db.read_bytes() == whole[:cut]  # left as it was
 
 
 def without_file_override() -> list[str]:

@@ -237,6 +237,39 @@ def full_file_system(directory: Path) -> int | None:
 FOREIGN_TABLES_NAMED = 5  # tables of another program's database named in the refusal
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _damaged(err: sqlite3.DatabaseError) -> bool:
+    """SQLite found the file's pages broken (SQLITE_CORRUPT) or not a database's (SQLITE_NOTADB)."""
+    name = getattr(err, "sqlite_errorname", "")
+    return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in str(err)
+
+
+def damaged_words(path: Path, err: sqlite3.DatabaseError) -> str:
+    """The sentence for a hub database SQLite cannot read: damaged, and cut short when the file is shorter than
+    its header says (a copy that stopped midway: a full disk, a transfer or ``cp`` interrupted)."""
+    short = ""
+    try:
+        with open(path, "rb") as f:
+            header = f.read(100)
+        size = os.stat(path).st_size
+    except OSError:
+        header, size = b"", 0
+    if len(header) == 100 and header.startswith(SQLITE_HEADER) and header[24:28] == header[92:96]:
+        page_size = int.from_bytes(header[16:18], "big")
+        expected = (65_536 if page_size == 1 else page_size) * int.from_bytes(header[28:32], "big")
+        if size < expected:
+            short = (
+                f": it is {size:,} bytes, shorter than the {expected:,} its header says (a copy cut short: a full"
+                " disk, a copy stopped midway), and SQLite reads it as malformed"
+            )
+    return (
+        f"the hub database {path} is damaged{short} ({err}); restore another backup (docs/operations.md, Backup and"
+        " restore)"
+    )
+
+
 def _check_is_a_hubs(path: Path) -> None:
     """Refuse a SQLite database that holds tables but no hub schema (``user_version`` 0): another program's (the
     agent's outbox, say), which migrating would fill with the hub's tables. Read before the hub changes anything
@@ -418,6 +451,8 @@ class SqliteHubStore(SqlHubStore[SqliteDb]):
                     "free), and the hub writes beside its database (the -wal and -shm files) even for a command that "
                     f"only reads it; free space there (df -h {path.parent}) and try again"
                 ) from err
+            if isinstance(err, sqlite3.DatabaseError) and _damaged(err):
+                raise StoreError(damaged_words(path, err)) from err
             if isinstance(err, (sqlite3.Error, OSError)):
                 raise StoreError(f"cannot open the hub database {path}: {err}") from err
             raise
