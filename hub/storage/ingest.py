@@ -361,6 +361,9 @@ class IngestTx(Protocol):
     async def stored_mark(self, agent_id: str, epoch: int) -> tuple[int, bytes | None] | None:
         """(mark, chain at the mark) of (agent_id, epoch) as stored before this batch; None: never seen."""
 
+    async def top_mark(self, agent_id: str) -> tuple[int, bytes | None] | None:
+        """(mark, chain at the mark) of the epoch of ``agent_id`` whose stored mark is highest; None: no epoch."""
+
     async def advance_mark(
         self, agent_id: str, epoch: int, seq: int, chain: bytes | None, now_ms: int, peer: str | None = None
     ) -> tuple[int, bytes | None]:
@@ -930,7 +933,11 @@ async def _next_mark(tx: IngestTx, batch: Batch, first_new: int | None = None) -
     still a sync the hub heard (the handshake's sender is alive): ``last_sync_ms`` moves.
 
     An epoch seen for the first time starts at the sender's ``epoch_base`` (with its chain): the rows up
-    to it were acknowledged in an earlier epoch. The sender holding more than this hub (its acknowledged
+    to it were acknowledged in an earlier epoch — unless every mark the hub holds of that sender is below the base
+    (the sender forked after the backup the hub was restored from was made, or a failover lost commits): then
+    this hub never acknowledged the rows between, and the epoch starts at its highest mark (with that mark's
+    chain), so the sender rewinds and sends them again (counted once). A sender with no mark at all here (an
+    outbox rebound to a new agent id) is taken at its base as before. The sender holding more than this hub (its acknowledged
     mark is above the stored one: the hub was restored from an older copy) is told to rewind and resend;
     the stored mark stays too: the seqs between it and this batch are missing here, and raising it would
     hide them from the resend.
@@ -957,6 +964,8 @@ async def _next_mark(tx: IngestTx, batch: Batch, first_new: int | None = None) -
     if stored is None:
         base = lineage.epoch_base
         stored_hwm, stored_chain = base, (lineage.base_chain if base else None)
+        if base and (top := await tx.top_mark(who.agent_id)) is not None and top[0] < base:
+            stored_hwm, stored_chain = top
     else:
         stored_hwm, stored_chain = stored
     stale = batch.acked_seq < stored_hwm and batch.max_seq <= stored_hwm  # and it brings nothing past the mark

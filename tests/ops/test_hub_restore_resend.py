@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import shutil
+import subprocess
 import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import asyncpg
 import pytest
 
 from agent import Kind, Movement, Outbox, Replicator
 from hub.backup import backup
 from tests.harness.inprocess import ServedHub, hub_in_process
+from tests.harness.pg import PG_URL, fresh_schema
 
 WAIT_S = 20.0
 
@@ -127,3 +134,103 @@ async def test_movements_an_outbox_purged_before_the_hub_was_restored_are_said_l
                            " 4 events from seq 4."), resent
     assert (stats.hub_lacks, stats.hub_lacks_seqs, stats.acked_seq, stats.backlog) == (4, "6-9", 11, 0)
     assert "\nhub LACKS    4 acknowledged movements (of seq 6-9) since its mark went back at " in shown, shown
+
+
+def copy_outbox(source: Path, target: Path) -> None:
+    """The outbox file as it is now, closed (a VM snapshot of the store PC)."""
+    for suffix in ("", "-wal", "-shm"):
+        if Path(f"{source}{suffix}").exists():
+            shutil.copyfile(f"{source}{suffix}", f"{target}{suffix}")
+        else:
+            Path(f"{target}{suffix}").unlink(missing_ok=True)
+
+
+def pg_restore(dump: Path, url: str) -> None:
+    """The restore procedure of docs/operations.md: pg_restore into a new, empty database."""
+    parts = urlsplit(url)
+    netloc = f"{parts.username}@{parts.hostname}:{parts.port}"
+    no_password = urlunsplit(parts._replace(netloc=netloc, query=""))
+    done = subprocess.run(
+        ["pg_restore", "--no-owner", "--no-privileges", "--exit-on-error", f"--dbname={no_password}", str(dump)],
+        env={**os.environ, "PGPASSWORD": parts.password or ""}, capture_output=True, check=False, text=True,
+        timeout=WAIT_S,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+@asynccontextmanager
+async def restorable(backend: str, tmp_path: Path) -> AsyncIterator[tuple[str, Callable[[], Awaitable[None]]]]:
+    """The hub database, and a step whose first call backs it up (``hub.backup``) and whose second restores that
+    backup in its place, the hub stopped (SQLite: the copy onto the same path, docs/operations.md; PostgreSQL: the
+    hub's schema dropped and the dump restored into it with pg_restore as docs/operations.md says, which makes
+    its tables anew: docs/operations.md's new database costs seconds to drop)."""
+    made: list[bool] = []
+    if backend == "sqlite":
+        db, copy = tmp_path / "hub.db", tmp_path / "backup.db"
+
+        async def sqlite_step() -> None:
+            backup(str(db), copy) if not made else restore(copy, db)
+            made.append(True)
+
+        yield str(db), sqlite_step
+        return
+    async with fresh_schema() as url:
+        dump = tmp_path / "hub.dump"
+
+        async def pg_step() -> None:
+            if made:
+                conn = await asyncpg.connect(PG_URL, timeout=WAIT_S)
+                try:
+                    await conn.execute(f'DROP SCHEMA "{url.rsplit("search_path=", 1)[1]}" CASCADE')
+                finally:
+                    await conn.close()
+                pg_restore(dump, url)
+            else:
+                backup(url, dump)
+            made.append(True)
+
+        yield url, pg_step
+
+
+async def test_an_epoch_begun_after_the_backup_does_not_hide_what_the_restored_hub_lacks_below_its_base(
+    backend: str, tmp_path: Path
+) -> None:
+    """Found: an outbox that forked after the hub's backup was made (its store PC rolled back to a snapshot: the
+    hub held more than it) continued in a new epoch from its acknowledged mark, seq 7. The restored hub had never
+    seen that epoch and took its base on trust, so seqs 6 and 7, acknowledged after the backup in the old epoch
+    and still in the outbox, were never sent again: gone from its counts without a word. Now a new epoch's base
+    above every mark the hub holds for that agent is not taken: the hub answers its own highest mark, and the
+    agent rewinds and sends the rest again (the hub counts each event once)."""
+    path, snapshot = tmp_path / "outbox.sqlite3", tmp_path / "snapshot.sqlite3"
+    async with restorable(backend, tmp_path) as (db, step):
+        await rolled_back_then_restored(db, step, path, snapshot)
+
+
+async def rolled_back_then_restored(db: str, step: Callable[[], Awaitable[None]], path: Path, snapshot: Path) -> None:
+    async with hub_in_process(db) as hub:
+        port = hub.port
+        agent_id, token = await hub.store.add_agent(["S1"])
+        async with Outbox.open(path, agent_id=agent_id, location="S1") as outbox:
+            await outbox.record(moves(5, "SKU-A"))  # seqs 1-5: in the backup
+            await synced(outbox, hub.url, token)
+        await step()  # the backup
+        async with Outbox.open(path, agent_id=agent_id, location="S1") as outbox:
+            await outbox.record(moves(2, "SKU-B"))  # seqs 6-7: acknowledged after the backup
+            await synced(outbox, hub.url, token)
+        copy_outbox(path, snapshot)
+        async with Outbox.open(path, agent_id=agent_id, location="S1") as outbox:
+            await outbox.record(moves(2, "SKU-C"))  # seqs 8-9: lost with the rollback, held by this hub only
+            await synced(outbox, hub.url, token)
+        copy_outbox(snapshot, path)  # the store PC rolled back
+        async with Outbox.open(path, agent_id=agent_id, location="S1") as outbox:
+            await outbox.record(moves(2, "SKU-D"))
+            await synced(outbox, hub.url, token)  # the hub holds seq 9: the outbox forks at 7
+            assert (await outbox.stats()).epoch_base == 7
+    await step()  # the restore
+    async with hub_in_process(db, port=port) as hub:
+        async with Outbox.open(path, agent_id=agent_id, location="S1") as outbox:
+            await synced(outbox, hub.url, token)
+            stats = await outbox.stats()
+        restored = await counts(hub, token)
+    assert restored == {"SKU-A": -5, "SKU-B": -2, "SKU-D": -2}, restored  # SKU-C went with the rollback alone
+    assert (stats.acked_seq, stats.backlog, stats.hub_lacks) == (9, 0, None)

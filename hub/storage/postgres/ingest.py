@@ -697,6 +697,12 @@ class PostgresIngest:
         )
         return None if row is None else (int(row[0]), row[1])
 
+    async def top_mark(self, agent_id: str) -> tuple[int, bytes | None] | None:
+        row = await self.conn.fetchrow(
+            "SELECT hwm, chain FROM agent_hwm WHERE agent_id = $1 ORDER BY hwm DESC LIMIT 1", agent_id
+        )
+        return None if row is None else (int(row[0]), row[1])
+
     async def advance_mark(
         self, agent_id: str, epoch: int, seq: int, chain: bytes | None, now_ms: int, peer: str | None = None
     ) -> tuple[int, bytes | None]:

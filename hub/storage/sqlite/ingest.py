@@ -427,6 +427,12 @@ class SqliteIngest:
         )
         return (int(rows[0][0]), rows[0][1]) if rows else None
 
+    async def top_mark(self, agent_id: str) -> tuple[int, bytes | None] | None:
+        rows = await self._fetch(
+            "SELECT hwm, chain FROM agent_hwm WHERE agent_id = ? ORDER BY hwm DESC LIMIT 1", (agent_id,)
+        )
+        return (int(rows[0][0]), rows[0][1]) if rows else None
+
     async def advance_mark(
         self, agent_id: str, epoch: int, seq: int, chain: bytes | None, now_ms: int, peer: str | None = None
     ) -> tuple[int, bytes | None]:
