@@ -1097,6 +1097,8 @@ class Outbox(SqliteFile):
         gone = _gone(conn, hwm, previous) if hwm < previous else 0
         if gone:
             _set_meta(conn, hub_lacks=gone, hub_lacks_seqs=f"{hwm + 1}-{previous}", hub_lacks_ms=now_ms)
+        if hwm < previous:  # acknowledged by a hub that was restored since: they age from the resend's answer
+            conn.execute("DELETE FROM acks WHERE acked_seq > ?", (hwm,))
         _set_meta(conn, acked_seq=hwm, ack_chain=mine if mine is not None else hub_chain)
         kept_ms = self._age(conn, hub_ms)
         if hwm > previous and kept_ms is not None:

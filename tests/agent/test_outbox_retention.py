@@ -117,3 +117,28 @@ async def test_two_hubs_hours_apart_answering_in_turn_warn_once_an_hour_each_way
         hub.skew_ms, wall.now_ms = 3 * DAY_MS, wall.now_ms + 3 * DAY_MS  # three days later, by both clocks
         await sync(outbox, hub, "D")
         assert kept(path) == ["D"]  # and retention is not frozen either
+
+
+async def test_movements_sent_again_to_a_restored_hub_are_kept_from_that_acknowledgement(tmp_path: Path) -> None:
+    """Found: the outbox kept the acknowledgements of a hub that was then restored from an older backup, and aged
+    the movements it sent the restored hub again from the first acknowledgement, not from the restored hub's: they
+    were purged that much earlier, so a second restore (the first copy found bad, an older one put back) within
+    retention_days of the resend could no longer be sent them. A rewind now forgets the acknowledgements above
+    the hub's mark."""
+    path = tmp_path / "outbox.sqlite3"
+    wall = FakeWall(wall_ms_now())
+    async with (
+        FakeHub() as hub,
+        Outbox.open(path, agent_id=AGENT, location=LOC, wall_clock_ms=wall, retention_s=2 * 86_400.0) as outbox,
+    ):
+        await sync(outbox, hub, "A")
+        await sync(outbox, hub, "B")
+        hub.skew_ms += 3 * DAY_MS // 2  # a day and a half later, both clocks agreeing
+        wall.now_ms += 3 * DAY_MS // 2
+        hub.restore(AGENT, outbox.epoch, 0)  # from a backup made before A
+        await sync(outbox, hub, "C")  # A and B sent again, acknowledged now
+        assert hub.on_hand(LOC, "A") == hub.on_hand(LOC, "B") == -1
+        hub.skew_ms += DAY_MS
+        wall.now_ms += DAY_MS
+        await sync(outbox, hub, "D")  # two and a half days after A and B were first acknowledged, one after again
+        assert kept(path) == ["A", "B", "C", "D"]
