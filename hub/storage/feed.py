@@ -8,6 +8,7 @@ backend's own query (``SqlHubStore.LATEST_CHANGE_SQL``).
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,6 +43,24 @@ RESTORED_CREDENTIALS = (
     "(shelfsync-hub agent revoke) and add again those added since (shelfsync-hub agent add; the old database's "
     "are listed by shelfsync-hub agent list --db OLD)."
 )
+
+NEWEST_SYNC_SQL = "SELECT max(updated_ms) FROM agent_hwm"
+
+
+def restored_movements(where: object, newest_sync_ms: int | None, now_ms: int) -> str:
+    """Said with a new history too: how far back the copy goes, and what comes back of what was recorded since.
+    An agent keeps acknowledged movements ``retention_days``: a copy older than that lacks some for good (the
+    agent says how many, ``agent.outbox``), and the operator reads here how old the copy is."""
+    if newest_sync_ms is None:
+        return f"The copy of {where} holds no store agent's sync."
+    at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(newest_sync_ms / 1000))
+    ago_h = max(0, now_ms - newest_sync_ms) / 3_600_000
+    return (
+        f"The newest store agent sync {where} holds is from {at}, {ago_h:,.1f} h before this start: each agent sends"
+        " again what it recorded since, while it still holds it (retention_days after the hub acknowledged it, 30"
+        " days unless configured), and one that no longer does says how many in its log and status (hub LACKS);"
+        " a channel's movements pushed since (POST /v1/events) are not sent again: have it push them again."
+    )
 
 
 WEBHOOK_DELIVERIES_KEPT = 1_000  # per webhook; older attempts are pruned as new ones are logged

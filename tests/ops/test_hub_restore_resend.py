@@ -26,6 +26,7 @@ import pytest
 
 from agent import Kind, Movement, Outbox, Replicator
 from hub.backup import backup
+from hub.storage.postgres.store import redacted
 from tests.harness.inprocess import ServedHub, hub_in_process
 from tests.harness.pg import PG_URL, fresh_schema
 
@@ -79,7 +80,7 @@ async def test_movements_an_outbox_purged_before_the_hub_was_restored_are_said_l
     four movements were gone from its counts for good and nothing anywhere said so. Now the agent counts what its
     outbox no longer holds of what the hub had acknowledged, says so as an ERROR (count the stock again), and
     `status` shows it. A second agent, within its retention, brings back all it synced since the backup."""
-    caplog.set_level(logging.WARNING, logger="agent.outbox")
+    caplog.set_level(logging.WARNING)
     db, data = tmp_path / "hub.db", tmp_path / "data"
     data.mkdir()
     purged_path, kept_path = data / "outbox.sqlite3", tmp_path / "kept.sqlite3"
@@ -133,7 +134,15 @@ async def test_movements_an_outbox_purged_before_the_hub_was_restored_are_said_l
     assert resent.endswith("below the 7 it acknowledged before (restored from a backup, or another hub?); resending"
                            " 4 events from seq 4."), resent
     assert (stats.hub_lacks, stats.hub_lacks_seqs, stats.acked_seq, stats.backlog) == (4, "6-9", 11, 0)
+    said_old(caplog, str(db))
     assert "\nhub LACKS    4 acknowledged movements (of seq 6-9) since its mark went back at " in shown, shown
+
+
+def said_old(caplog: pytest.LogCaptureFixture, where: str) -> None:
+    """The restored hub's start said how old its copy is, and what comes back of what was recorded since."""
+    (said,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("The newest store agent sync")]
+    assert said.startswith(f"The newest store agent sync {where} holds is from "), said
+    assert " h before this start: each agent sends again what it recorded since, while it still holds it" in said
 
 
 def copy_outbox(source: Path, target: Path) -> None:
@@ -193,7 +202,7 @@ async def restorable(backend: str, tmp_path: Path) -> AsyncIterator[tuple[str, C
 
 
 async def test_an_epoch_begun_after_the_backup_does_not_hide_what_the_restored_hub_lacks_below_its_base(
-    backend: str, tmp_path: Path
+    backend: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Found: an outbox that forked after the hub's backup was made (its store PC rolled back to a snapshot: the
     hub held more than it) continued in a new epoch from its acknowledged mark, seq 7. The restored hub had never
@@ -203,7 +212,9 @@ async def test_an_epoch_begun_after_the_backup_does_not_hide_what_the_restored_h
     agent rewinds and sends the rest again (the hub counts each event once)."""
     path, snapshot = tmp_path / "outbox.sqlite3", tmp_path / "snapshot.sqlite3"
     async with restorable(backend, tmp_path) as (db, step):
+        caplog.set_level(logging.WARNING, logger="hub.storage")
         await rolled_back_then_restored(db, step, path, snapshot)
+    said_old(caplog, db if backend == "sqlite" else redacted(db))
 
 
 async def rolled_back_then_restored(db: str, step: Callable[[], Awaitable[None]], path: Path, snapshot: Path) -> None:

@@ -17,7 +17,14 @@ from collections.abc import AsyncIterator
 import asyncpg
 
 from hub.storage.base import StoreError
-from hub.storage.feed import FEED_HISTORY_KEY, FEED_HOME_KEY, RESTORED_CREDENTIALS, new_feed_history
+from hub.storage.feed import (
+    FEED_HISTORY_KEY,
+    FEED_HOME_KEY,
+    NEWEST_SYNC_SQL,
+    RESTORED_CREDENTIALS,
+    new_feed_history,
+    restored_movements,
+)
 from hub.storage.migrations import (
     LEDGER_STEPS,
     Migration,
@@ -250,6 +257,8 @@ async def feed_history(conn: asyncpg.Connection, where: str) -> str:
             where, history, rows[FEED_HISTORY_KEY],
         )  # fmt: skip
         log.warning(RESTORED_CREDENTIALS, where)
+        newest = await conn.fetchval(NEWEST_SYNC_SQL)
+        log.warning("%s", restored_movements(where, None if newest is None else int(newest), int(time.time() * 1000)))
     return history
 
 

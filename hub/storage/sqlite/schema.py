@@ -8,11 +8,19 @@ import os
 import secrets
 import shutil
 import sqlite3
+import time
 import uuid
 from pathlib import Path
 
 from hub.storage.base import StoreError
-from hub.storage.feed import FEED_HISTORY_KEY, FEED_HOME_KEY, RESTORED_CREDENTIALS, new_feed_history
+from hub.storage.feed import (
+    FEED_HISTORY_KEY,
+    FEED_HOME_KEY,
+    NEWEST_SYNC_SQL,
+    RESTORED_CREDENTIALS,
+    new_feed_history,
+    restored_movements,
+)
 from hub.storage.migrations import LEDGER_STEPS, Migration, MigrationProgress, migrations, size_text, step_failed
 from hub.storage.sqlite.writer import InlineConnection
 from protocol import stored_reason
@@ -130,8 +138,10 @@ async def feed_history(db: InlineConnection, path: Path) -> str:
         stored_home = rows.get(FEED_HOME_KEY)
         same = _same_home(stored_home, inode, tokens_file)
         history = new_feed_history(rows.get(FEED_HISTORY_KEY), inode if same else None, inode)
+        newest: int | None = None
         if history is not None and FEED_HISTORY_KEY in rows:
             await _check_restored(db, path)
+            ((newest,),) = await db.execute_fetchall(NEWEST_SYNC_SQL)  # said with the new history, below
         token = secrets.token_hex(HOME_TOKEN_BYTES)
         kept = _token(stored_home) if same else None  # still good should the commit below not happen
         _write_tokens(tokens_file, [t for t in (kept, token) if t])
@@ -146,7 +156,7 @@ async def feed_history(db: InlineConnection, path: Path) -> str:
     if not await _checkpointed(db):  # the new home is in the file itself only after a whole checkpoint
         log.info("The WAL of %s could not be copied back whole at its open (a reader holds it); the token file "
                  "keeps the database's previous token too.", path)  # fmt: skip
-        return str(rows[FEED_HISTORY_KEY]) if history is None else _new_history(path, history, rows)
+        return str(rows[FEED_HISTORY_KEY]) if history is None else _new_history(path, history, rows, newest)
     await db.execute("BEGIN IMMEDIATE")  # the old token dropped, unless another process drew a newer one meanwhile
     try:
         if (await db.execute_fetchall("SELECT value FROM meta WHERE key = ?", (FEED_HOME_KEY,))) == [
@@ -157,11 +167,13 @@ async def feed_history(db: InlineConnection, path: Path) -> str:
         db.conn.rollback()
     if history is None:
         return str(rows[FEED_HISTORY_KEY])
-    return _new_history(path, history, rows)
+    return _new_history(path, history, rows, newest)
 
 
-def _new_history(path: Path, history: str, rows: dict[str, str]) -> str:
+def _new_history(path: Path, history: str, rows: dict[str, str], newest_sync_ms: int | None) -> str:
     _log_new_history(path, history, rows.get(FEED_HISTORY_KEY))
+    if rows.get(FEED_HISTORY_KEY) is not None:
+        log.warning("%s", restored_movements(path, newest_sync_ms, int(time.time() * 1000)))
     return history
 
 
