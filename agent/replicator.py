@@ -147,6 +147,12 @@ FEED_CATCHUP_PAUSE_S = 1.0  # meanwhile the count cache reads the change feed at
 # way is its packed events and each event's id and seq (to match the answer's rejections), never the decoded
 # events: at most three batches (two in flight, one read ahead), each a few MiB, whatever the backlog and however
 # slowly the hub answers. Decoded, a movement takes ~1-2 KiB here against its ~150 bytes packed.
+# A hub too slow to answer a batch within timeout_s (a large catch-up batch on a slow or busy hub) would get the same
+# batch again and again: a batch of more than SLOW_HUB_FLOOR events whose answer timed out halves the events per
+# batch (not below the floor), and each batch acknowledged at that size raises it by a quarter until it is back to
+# normal (as TCP's congestion window does). Nothing is acknowledged that the hub did not answer: the
+# batch is sent again, the hub dropping whatever of it it committed late.
+SLOW_HUB_FLOOR = 100
 READ_CHUNK = 1_000
 BATCH_MAX_BYTES = 2 * 1024 * 1024  # 10,000 movements of a POS export pack into ~1.4 MiB: such batches stay whole
 
@@ -277,6 +283,7 @@ class Replicator(HubLoop):
         self._batch_size = batch_size
         self._catchup_size = max(batch_size, min(MAX_BATCH_EVENTS, batch_size * CATCHUP_BATCH_FACTOR))
         self._waiting = 0  # events waiting, as last read or answered
+        self._slow_cap: int | None = None  # events per batch while the hub is slow to answer (SLOW_HUB_FLOOR)
         self._as_columns = True  # events sent as columns until a hub refuses them (a hub older than columns)
         self._expect_continue = True  # catch-up batches ask Expect: 100-continue until one is not answered in time
         self._tick_s = tick_s
@@ -527,7 +534,7 @@ class Replicator(HubLoop):
             self._waiting = max(0, prepared.backlog - prepared.in_flight)
             if batch and not self._handshake_due:  # read and pack the next batch while this one is on its way
                 self._prefetch = asyncio.create_task(self._prepare(self._limit(), batch))
-            reply = asyncio.create_task(self._send(*self._request(prepared)))
+            reply = asyncio.create_task(self._send(*self._request(prepared), events=len(batch)))
             chain = prepared.chain
             del prepared  # its packed events are in the request now
         try:
@@ -603,7 +610,7 @@ class Replicator(HubLoop):
             and nxt.as_columns == self._as_columns
         ):
             return
-        reply = asyncio.create_task(self._send(*self._request(nxt, after_seq=nxt.after)))
+        reply = asyncio.create_task(self._send(*self._request(nxt, after_seq=nxt.after), events=len(sent)))
         self._ahead = _Ahead(dataclasses.replace(nxt, packed_events=b""), reply)  # its packed events: in the request
         self._prefetch = asyncio.create_task(self._prepare(self._limit(), sent, len(batch) + len(sent)))
 
@@ -688,8 +695,37 @@ class Replicator(HubLoop):
         return await self._prepare(limit)
 
     def _limit(self) -> int:
-        """Events per batch: larger while a large backlog waits."""
-        return self._catchup_size if self._waiting >= CATCHUP_BACKLOG else self._batch_size
+        """Events per batch: larger while a large backlog waits, fewer while the hub is slow to answer."""
+        limit = self._catchup_size if self._waiting >= CATCHUP_BACKLOG else self._batch_size
+        return limit if self._slow_cap is None else min(limit, self._slow_cap)
+
+    def _timed_out(self, events: int) -> None:
+        """A batch of ``events`` had no answer within timeout_s: send at most half as many per batch (not fewer
+        than SLOW_HUB_FLOOR), so a slow hub gets batches it answers in time."""
+        half = max(min(SLOW_HUB_FLOOR, self._batch_size), events // 2)
+        if events <= half or (self._slow_cap is not None and self._slow_cap <= half):
+            return
+        self._slow_cap = half
+        log.warning(
+            "The hub at %s did not answer a batch of %s events within %g s; sending at most %s per batch until it"
+            " answers in time.",
+            self._url,
+            f"{events:,}",
+            self.timeout_s,
+            f"{half:,}",
+        )
+
+    def _answered_in_time(self, events: int) -> None:
+        """A batch of ``events`` acknowledged: one that filled the slow hub's cap raises it by a quarter."""
+        cap = self._slow_cap
+        if cap is None or events < cap:
+            return
+        cap += max(1, cap // 4)
+        if cap < (self._catchup_size if self._waiting >= CATCHUP_BACKLOG else self._batch_size):
+            self._slow_cap = cap
+            return
+        self._slow_cap = None
+        log.info("The hub at %s answers batches in time again; sending batches of the usual size.", self._url)
 
     def _drop_prefetch(self) -> None:
         task, self._prefetch = self._prefetch, None
@@ -721,7 +757,7 @@ class Replicator(HubLoop):
         )  # fmt: skip
         return encode_sync_request(request, prepared.packed_events, as_columns=prepared.as_columns), sent_ms
 
-    async def _send(self, body: bytes, sent_ms: int) -> _Reply:
+    async def _send(self, body: bytes, sent_ms: int, *, events: int = 0) -> _Reply:
         assert self._session is not None
         headers = {"Authorization": f"Bearer {self._token}", "Content-Type": MSGPACK_CONTENT_TYPE}
         # A catch-up batch asks the hub first: one it makes wait or refuses is not uploaded meanwhile (hub/catchup.py).
@@ -741,6 +777,8 @@ class Replicator(HubLoop):
         except AnswerTooLarge as err:
             raise TurnFailed(str(err), kind="hub_error", reachable=True, level=logging.ERROR) from err
         except TimeoutError:
+            if not expect:  # one that asked Expect: 100-continue is sent again without it first (at its size)
+                self._timed_out(events)
             if expect:
                 self._expect_continue = False
                 log.warning(
@@ -874,6 +912,8 @@ class Replicator(HubLoop):
             # reports the true 0.
             self._last_answer_s = -math.inf
         await self._answered(waiting=len(batch) + result.backlog, sent=len(batch), backlog=result.backlog)
+        if batch and result.acked_seq >= batch[-1].seq:
+            self._answered_in_time(len(batch))
         # The batch sent ahead follows on from this one: kept while this one is acknowledged in this epoch.
         self._keep_ahead = (
             bool(batch)
