@@ -62,6 +62,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -129,6 +130,14 @@ PURGE_EVERY_MS = 3_600_000
 # at most once an hour for each direction (two hubs an hour apart answering in turn would say it at every answer).
 CLOCKS_APART_MS = 3_600_000
 CLOCKS_APART_SAID_EVERY_S = 3_600.0
+# Windows back from now (``recent_since_ms``: a serial number booked twice within a day) are timed on the monotonic
+# clock while the agent runs: the wall clock jumping (NTP putting right a clock hours off) neither shortens nor
+# lengthens them. A jump of more than WALL_JUMP_MS starts a new frame of wall stamps; frames that ended more than
+# WINDOW_FRAMES_S ago are forgotten. Across a restart the time the agent was stopped, which only the wall clock
+# saw, counts for at most STOPPED_MAX_MS (meta ``window_wall_ms`` and ``window_low_ms``, kept with each record).
+WALL_JUMP_MS = 1_000
+WINDOW_FRAMES_S = 2 * 86_400.0
+STOPPED_MAX_MS = 86_400_000
 EPOCH_BITS = 63
 OPEN_BUSY_S = 10.0  # opening waits this long for another process creating or migrating the same file
 OPEN_RETRY_S = 0.05
@@ -409,6 +418,12 @@ class Outbox(SqliteFile):
         self.expired_said = False
         self._monotonic_s: Callable[[], float] = time.monotonic  # the rate limit's clock, not moved by the wall's
         self.clock = HybridClock(wall_clock_ms=wall_clock_ms)
+        # This run's frames of wall stamps: (monotonic s it started, wall ms minus monotonic ms in it), oldest first;
+        # and the run before this one's (the wall ms of its last record, its frames' lowest offset from its last).
+        self._frames: list[tuple[float, int]] = []
+        self._run_before: tuple[int, int] | None = None
+        self._before_frame: tuple[float, int] | None = None  # (monotonic s it ended, its offset): the run before
+        self._window_low_ms = 0  # the lowest offset of the frames kept, from the newest's (kept with each record)
         self.agent_id = ""
         self.location = ""
         self.epoch = 0
@@ -556,6 +571,8 @@ class Outbox(SqliteFile):
             _migrate_to_2(conn)
         self._load(conn, agent_id)
         self._purge(conn)
+        before_ms = _meta(conn, "window_wall_ms")
+        self._run_before = None if before_ms is None else (int(before_ms), int(_meta(conn, "window_low_ms", 0)))
 
     def _move(self, conn: sqlite3.Connection, was: str, location: str) -> None:
         """The configuration names another location: rows keep the location they were recorded at, and the count
@@ -760,6 +777,7 @@ class Outbox(SqliteFile):
         if self._refusal is not None:
             raise self._refusal
         drafts = [self._draft(i, m) for i, m in enumerate(movements)]
+        self._frames_now()  # a jump of the wall clock since the last look starts a new frame before these are stamped
         small = len(drafts) <= INLINE_MAX_MOVEMENTS
         result = await self._write(lambda conn: self._insert(conn, drafts, tally), small=small, reserved=reserved)
         if result.events:
@@ -841,6 +859,8 @@ class Outbox(SqliteFile):
                 self._check_same(conn, ev, check_time=time_supplied)
                 duplicates.append(ev.event_id)
         conn.execute(_WRITE_MARKS, (last_seq, self.clock.last, chain))  # observe() above: never below the stored hlc
+        if inserted:  # how far back this run's frames reach, for the windows timed after a restart
+            _set_meta(conn, window_wall_ms=wall_ms, window_low_ms=self._window_low_ms)
         if tally is not None and inserted:
             _set_meta(conn, **{f"tally:{tally}": _meta(conn, f"tally:{tally}", 0) + len(inserted)})
         return RecordResult(tuple(inserted), tuple(duplicates))
@@ -1381,6 +1401,42 @@ class Outbox(SqliteFile):
     def wall_ms(self) -> int:
         """This outbox's wall clock (the one its events are stamped with)."""
         return self._wall_clock_ms()
+
+    def recent_since_ms(self, window_s: float) -> int:
+        """The earliest wall stamp (``StockEvent.wall_ms``) an event recorded within the last ``window_s`` can bear,
+        timed on the monotonic clock while the agent runs: a wall clock jumping ahead (NTP putting right a clock
+        hours off) does not shorten the window, one jumping back lengthens it by the jump at most (the lesser of
+        the two clocks, as elsewhere). Before a restart, the time stopped counts by the wall clock, at most
+        ``STOPPED_MAX_MS``."""
+        now_s = self._frames_now()
+        start_s = now_s - window_s
+        ends = [start for start, _ in self._frames[1:]] + [math.inf]
+        offsets = [offset for (_, offset), end in zip(self._frames, ends, strict=True) if end > start_s]
+        if self._before_frame is not None and self._before_frame[0] > start_s:
+            offsets.append(self._before_frame[1])
+        return round(start_s * 1000) + min(offsets)
+
+    def _frames_now(self) -> float:
+        """Note a jump of the wall clock against the monotonic one since the last look; the monotonic time now."""
+        now_s, now_ms = self._monotonic_s(), self._wall_clock_ms()
+        offset = now_ms - round(now_s * 1000)
+        frames = self._frames
+        if not frames:
+            frames.append((now_s, offset))
+            if self._run_before is not None:  # the run before this one ended stopped_ms ago, by the wall clock
+                wall_before_ms, low_ms = self._run_before
+                stopped_ms = min(max(now_ms - wall_before_ms, 0), STOPPED_MAX_MS)
+                ended_s = now_s - stopped_ms / 1000
+                self._before_frame = (ended_s, wall_before_ms - round(ended_s * 1000) + low_ms)
+        elif abs(offset - frames[-1][1]) > WALL_JUMP_MS:
+            frames.append((now_s, offset))
+            while len(frames) > 1 and frames[1][0] < now_s - WINDOW_FRAMES_S:
+                del frames[0]
+        low = min(off for _, off in frames)
+        if self._before_frame is not None and self._before_frame[0] > now_s - WINDOW_FRAMES_S:
+            low = min(low, self._before_frame[1])
+        self._window_low_ms = low - frames[-1][1]
+        return now_s
 
     def disk_report(self) -> DiskReport:
         """The disk this outbox is on, as the replicator tells the hub with each sync (``protocol.DiskReport``): the

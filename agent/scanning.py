@@ -440,7 +440,7 @@ class ModeRouter:
             if last is not None and any(serial == unit[1] and gtin in (None, unit[0]) for gtin, serial in run):
                 return f"already in this scanner's running count of {shown(sku, bare=True)} ({last[0]})"
             return None
-        since_ms = self.outbox.wall_ms() - int(SERIAL_AGAIN_S * 1000)
+        since_ms = self.outbox.recent_since_ms(SERIAL_AGAIN_S)  # timed on the monotonic clock while the agent runs
         ev = booked_again(await self.outbox.booked(location, sku, since_wall_ms=since_ms), unit, rule.kind, rule.reason)
         if ev is not None:
             return f"already booked ({rule.kind.value} {ev.qty:+d} at {location}, by {shown(ev.source, bare=True)})"

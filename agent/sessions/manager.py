@@ -435,7 +435,7 @@ class SessionManager:
         if unit is None:
             return
         kind, reason = _BOOKS[session.type], session.spec.reason
-        since_ms = self.outbox.wall_ms() - int(SERIAL_AGAIN_S * 1000)
+        since_ms = self.outbox.recent_since_ms(SERIAL_AGAIN_S)  # timed on the monotonic clock while the agent runs
         ev = booked_again(await self.outbox.booked(self.location, item.sku, since_wall_ms=since_ms), unit, kind, reason)
         if ev is not None:
             raise InvalidSessionInput(
