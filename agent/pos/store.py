@@ -783,6 +783,13 @@ class PosStore(SqliteFile):
             small=True,
         )  # fmt: skip
 
+    async def filed_ends(self, ends: dict[str, int]) -> None:
+        """Keep again when the watches of the filed copies ``ends`` names end (wall-clock ms): the wall clock jumped."""
+        rows = [(until_ms, dest) for dest, until_ms in ends.items()]
+        await self._write(
+            lambda conn: conn.executemany("UPDATE filed_watch SET until_ms = ? WHERE dest = ?", rows), small=True
+        )
+
     async def unwatch_filed(self, dest: str, import_id: int | None) -> None:
         """The watcher watches ``dest`` no more: the checkpoint its import kept for it (``import_id``) is dropped too,
         and the space it took given back."""

@@ -116,6 +116,11 @@ CONTENT_CHECK_S = 10.0
 CONTENT_CHECK_MAX_BYTES = 16 << 20
 CONTENT_CHECK_BUDGET_BYTES = 64 << 20
 FILED_UNFINISHED_WATCH_S = 86_400.0  # how long a filed file whose last line has no line break is watched for it
+# A filed file's watch is timed on the monotonic clock while the agent runs; its end is kept on the wall clock for
+# after a restart. The wall clock jumping by more than this (NTP putting right a clock hours off) has the ends kept
+# written again from the monotonic time left, so a restart after the jump neither cuts the watch short nor
+# lengthens it.
+WALL_JUMP_MS = 1_000
 BUSY_WARN_S = 600.0  # a file changing this long without settling is said once: it is not imported meanwhile
 PROGRESS_LOG_MIN_BYTES = 1 << 20  # a smaller export is imported within seconds: its one summary line is enough
 PROGRESS_LOG_S = 30.0  # how often a long import says how far it got
@@ -399,6 +404,7 @@ class PosFolderWatcher:
         self._next_try = 0.0  # monotonic seconds when a folder that cannot be used is tried again
         self._held: dict[Path, _Held] = {}  # files whose last line is held (the log said so once a file)
         self._content_round = float("-inf")  # monotonic seconds when the watched copies' content was last compared
+        self._wall_offset_ms: int | None = None  # the wall clock's ms minus the monotonic clock's, as last seen
 
     # --- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -588,6 +594,7 @@ class PosFolderWatcher:
             self._importing = path
             await self._import(path)
             return 0.0
+        await self._keep_ends_after_a_jump(now)
         filed = await self._changed_filed(now)
         if filed is not None:
             self._importing = filed
@@ -775,6 +782,26 @@ class PosFolderWatcher:
         if seen.mid_line is None:
             seen.mid_line = _ends_mid_line(path, seen.size)
         return seen.mid_line and now - seen.since < max(self.unfinished_line_s, self.settle_s)
+
+    async def _keep_ends_after_a_jump(self, now: float) -> None:
+        """The wall clock jumped since the last turn: keep the watches' ends again as the monotonic time left."""
+        now_ms = wall_ms_now()
+        offset = now_ms - round(now * 1000)
+        before, self._wall_offset_ms = self._wall_offset_ms, offset
+        if before is None or abs(offset - before) <= WALL_JUMP_MS or not self._filed:
+            return
+        ends = {str(dest): now_ms + round(max(filed.until - now, 0) * 1000) for dest, filed in self._filed.items()}
+        try:
+            await self.importer.store.filed_ends(ends)
+        except PosImportError as err:
+            self._wall_offset_ms = before  # tried again next turn
+            log.warning("The wall clock jumped, and when the filed exports' watches end could not be kept: %s", err)
+            return
+        log.info(
+            "The wall clock jumped %s h; the %s watched filed export(s) are watched as long as before, also after"
+            " a restart.",
+            f"{(offset - before) / 3_600_000:+,.1f}", f"{len(ends):,}",
+        )  # fmt: skip
 
     async def _changed_filed(self, now: float) -> Path | None:
         """A filed file that changed after it was filed and has settled again, if any; forgets the rest in time."""

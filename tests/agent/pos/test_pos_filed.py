@@ -381,6 +381,31 @@ async def test_a_watch_kept_by_an_agent_whose_clock_was_ahead_ends_in_its_time_a
         assert await env.store.filed_watches() == []
 
 
+async def test_a_filed_copy_is_watched_its_whole_day_after_a_restart_however_the_wall_clock_jumped_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found: a filed copy whose last line has no line break is watched a day for the till to finish it, timed on
+    the monotonic clock while the agent runs but kept with its end on the wall clock: the clock jumping 20 hours
+    ahead (NTP putting right a clock that was off), then a restart, left 4 hours of the day, and a row the till
+    finished later was not read. A jump has the end kept again from the monotonic time left."""
+    caplog.set_level(logging.INFO, logger="agent.pos")
+    config = PosImportConfig(profile="generic", unfinished_line_s=0.2)
+    jump_ms = 20 * 3_600_000
+    async with watching(tmp_path, config) as (env, watcher, folder, reports):
+        (folder / "day.csv").write_text(HEADER + "".join(_rows(3)) + CUT, encoding="utf-8")
+        _, dest = await reports.next()
+        assert watcher._filed[dest].mid_line
+        monkeypatch.setattr(watcher_module, "wall_ms_now", lambda: wall_ms_now() + jump_ms)  # the clock jumps
+        with contextlib.suppress(TimeoutError):  # (before: the end kept never moved)
+            async with asyncio.timeout(3.0):
+                while (await env.store.filed_watches())[0].until_ms < wall_ms_now() + jump_ms + 23 * 3_600_000:
+                    await asyncio.sleep(0.05)
+    async with watching(tmp_path, config) as (env, watcher, folder, reports):  # restarted, the clock still ahead
+        left_s = watcher._filed[dest].until - asyncio.get_running_loop().time()
+    assert left_s > 23 * 3600, f"watched {left_s / 3600:.1f} h more after the restart"
+    assert any("The wall clock jumped +20.0 h; the 1 watched filed export(s)" in m for m in caplog.messages)
+
+
 def _checkpoints(store_path: str) -> list[str]:
     with contextlib.closing(sqlite3.connect(store_path)) as db:
         return [name for (name,) in db.execute("SELECT file_name FROM checkpoints ORDER BY file_name")]
