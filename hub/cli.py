@@ -205,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="AGENT_ID",
         help="with --wrong-clock: only this store's (its agent id; see: agent list); without it, every store's",
     )
+    release.add_argument(
+        "--override-vouched",
+        action="store_true",
+        help="with --wrong-clock hub --agent: release that store's movements at their own time even those held "
+        "while the other stores put the hub's clock right (refused without it); say so only when a time server "
+        "showed the hub's clock was wrong then",
+    )
     catalog.add_command(commands, common)  # catalog import FILE (hub/catalog.py)
     return parser
 
@@ -252,8 +259,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "init":
             return asyncio.run(_init(settings, sys.stdout))
         if args.command == "quarantine":
+            if args.override_vouched and (args.wrong_clock != "hub" or args.agent is None):
+                parser.error("--override-vouched goes only with --wrong-clock hub and --agent: one store's, as you "
+                             "found the hub's clock wrong")  # fmt: skip
             if args.wrong_clock is not None:
-                return asyncio.run(_release_held(settings, args.wrong_clock, args.agent, sys.stdout))
+                return asyncio.run(_release_held(settings, args.wrong_clock, args.agent, sys.stdout,
+                                                 override_vouched=args.override_vouched))  # fmt: skip
             if args.agent is not None:
                 parser.error("--agent goes with --wrong-clock: say whose clock was wrong (hub or store)")
             return asyncio.run(_release_hub_clock(settings, sys.stdout))
@@ -409,11 +420,13 @@ async def _release_hub_clock(settings: HubSettings, out: TextIO) -> int:
     return EXIT_OK
 
 
-async def _release_held(settings: HubSettings, wrong_clock: str, agent_id: str | None, out: TextIO) -> int:
+async def _release_held(
+    settings: HubSettings, wrong_clock: str, agent_id: str | None, out: TextIO, *, override_vouched: bool = False
+) -> int:
     _existing_db(settings)
     async with open_store(settings.db) as store:
         released, left = await store.release_held(settings.clock_window_s * 1000, RELEASED_BY_CLI, wrong_clock,
-                                                  agent_id)  # fmt: skip
+                                                  agent_id, override_vouched=override_vouched)  # fmt: skip
     out.write(released_sentence(released, left, wrong_clock, agent_id) + "\n")
     return EXIT_OK
 

@@ -305,7 +305,7 @@ AGENT_HEADER = (
 QUARANTINE_HEADER = (
     "id", "status", "received", "occurred", "skew_ms", "agent_id", "epoch", "seq", "location", "sku", "name", "kind",
     "qty", "ref", "reason", "source", "attempts", "detail", "resolved_by", "resolved_at", "event_id", "occurred_at",
-    "attrs",
+    "attrs", "hub_clock_vouched",
 )  # fmt: skip
 
 
@@ -349,7 +349,7 @@ def quarantine_cells(r: QuarantineRow, names: dict[str, str]) -> tuple[object, .
         r.quarantine_id, r.status, views.iso_ms(r.received_at_ms), views.hlc_time(r.occurred_at), r.skew_ms,
         r.agent_id, str(r.epoch), r.seq, r.location, r.sku, names.get(r.sku), r.kind, r.qty, r.ref, r.reason,
         r.source, r.attempts, r.detail, r.resolved_by, views.iso_ms(r.resolved_at_ms), event_id_hex(r.event_id),
-        str(r.occurred_at), r.attrs or None,
+        str(r.occurred_at), r.attrs or None, r.hub_clock_vouched,
     )  # fmt: skip
 
 

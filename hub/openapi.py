@@ -143,6 +143,9 @@ API_VERSION = "1.12.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 
 #      the dashboard's session cookie is __Host-shelfsync_session when the dashboard is served over HTTPS
 # 1.12: a held event's hub_clock_vouched (how many other stores put the hub's clock right when it was held), and
 #      POST /v1/quarantine/release with {"wrong_clock": "hub"} answers 409 when any it would take has one
+#      {"wrong_clock": "hub", "agent_id", "override_vouched": true} on POST /v1/quarantine/release releases one
+#      store's at their own time even those with a hub_clock_vouched (logged naming the admin); the quarantine
+#      CSV's last column hub_clock_vouched
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -908,7 +911,8 @@ def _paths() -> dict[str, JSON]:
         "store or of all, as the admin found whose clock was wrong: `hub`, each at its own time when inside the "
         "window by the hub's clock corrected by its sender's skew then (409 when the stores of those of all put "
         "the hub's clock off by amounts more than a minute apart, and since 1.12 when any of them has a "
-        "`hub_clock_vouched`: the other stores put the hub's clock right when it was held, nothing is changed); "
+        "`hub_clock_vouched`: the other stores put the hub's clock right when it was held, nothing is changed, "
+        "unless `override_vouched` is true with one store's `agent_id`, since 1.12); "
         "`store`, each at the hub's time of receipt, as "
         "`apply_at_receipt`. The answer then also says what was applied (`detail`); 404 for an `agent_id` this hub "
         "does not know.",
@@ -928,8 +932,16 @@ def _paths() -> dict[str, JSON]:
         body={"required": False, "description": f"None, `{{}}`, or whose clock was wrong (at most "
                                                 f"{quarantine.BODY_MAX_BYTES} bytes).",
               "content": {JSON_TYPE: {"schema": obj({"wrong_clock": string(enum=["hub", "store"]),
-                                                     "agent_id": ref("AgentId")},
-                                                    closed=True, dependentRequired={"agent_id": ["wrong_clock"]}),
+                                                     "agent_id": ref("AgentId"),
+                                                     "override_vouched": {
+                                                         "type": "boolean", "const": True,
+                                                         "description": "Since 1.12: release one store's at their "
+                                                         "own time even those with a `hub_clock_vouched` (only with "
+                                                         "`wrong_clock` `hub` and an `agent_id`; 400 otherwise); "
+                                                         "logged naming the admin."}},
+                                                    closed=True, dependentRequired={
+                                                        "agent_id": ["wrong_clock"],
+                                                        "override_vouched": ["wrong_clock", "agent_id"]}),
                                       "example": {"wrong_clock": "hub"}}}},
         errors=(*WRITE_ERRORS, 404, 409),
     ))  # fmt: skip

@@ -16,7 +16,9 @@ own time; the others stay for one by one.
 Events held when the hub could not tell whose clock was wrong (a lone store, stores that disagree) have no
 ``hub_clock_off_ms``; an admin who checked both clocks releases them together with ``{"wrong_clock": "hub" |
 "store", "agent_id": ...}`` on the same route (one store's, or all): at their own time, or at the hub's time of
-receipt (``HubStore.release_held``).
+receipt (``HubStore.release_held``). Those held while the other stores put the hub's clock right
+(``hub_clock_vouched``) are refused to "hub" unless the admin adds ``"override_vouched": true`` for one store's,
+which the log names.
 """
 
 from __future__ import annotations
@@ -192,9 +194,11 @@ async def post_release(request: web.Request) -> web.Response:
         if released:
             feed.poke(request.app)  # committed: the counts they moved go out on the change feed
         return web.json_response({"released": released, "left": left}, dumps=views.dumps)
-    wrong_clock, agent_id = _release_body(body)
+    wrong_clock, agent_id, override = _release_body(body)
     try:
-        released, left = await request.app[STORE_KEY].release_held(window_ms, who.agent_id, wrong_clock, agent_id)
+        released, left = await request.app[STORE_KEY].release_held(
+            window_ms, who.agent_id, wrong_clock, agent_id, override_vouched=override
+        )
     except (held.ClocksDisagree, held.StoresSidedWithHub) as err:
         raise web.HTTPConflict(text=str(err)) from err
     except held.UnknownAgent as err:
@@ -219,13 +223,15 @@ RELEASE_BODIES = (
 )
 
 
-def _release_body(body: bytes) -> tuple[str, str | None]:
-    """``wrong_clock`` and ``agent_id`` (None: every store) of a release of what the hub could not attribute."""
+def _release_body(body: bytes) -> tuple[str, str | None, bool]:
+    """``wrong_clock``, ``agent_id`` (None: every store) and ``override_vouched`` of a release of what the hub could
+    not attribute."""
     try:
         parsed = views.loads(body)
     except ValueError as err:
         raise web.HTTPBadRequest(text=f"the body is not valid JSON ({err})") from err
-    if not isinstance(parsed, dict) or "wrong_clock" not in parsed or not set(parsed) <= {"wrong_clock", "agent_id"}:
+    fields = {"wrong_clock", "agent_id", "override_vouched"}
+    if not isinstance(parsed, dict) or "wrong_clock" not in parsed or not set(parsed) <= fields:
         raise web.HTTPBadRequest(text=RELEASE_BODIES)
     if parsed["wrong_clock"] not in held.WRONG_CLOCKS:
         raise web.HTTPBadRequest(text=f"wrong_clock must be \"hub\" or \"store\": whose clock an admin found wrong, "
@@ -235,4 +241,7 @@ def _release_body(body: bytes) -> tuple[str, str | None]:
         raise web.HTTPBadRequest(
             text=f"agent_id must be a string (GET /v1/agents lists them), got {json.dumps(agent_id)[:40]}"
         )
-    return parsed["wrong_clock"], agent_id
+    override = parsed.get("override_vouched", False)
+    if override is not False and (override is not True or parsed["wrong_clock"] != held.WRONG_HUB or agent_id is None):
+        raise web.HTTPBadRequest(text=f"{held.OVERRIDE_RULE}, got {json.dumps(override)[:40]}")
+    return parsed["wrong_clock"], agent_id, override

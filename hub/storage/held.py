@@ -388,8 +388,26 @@ async def check_not_vouched(db: Db, agent_id: str | None) -> None:
     raise StoresSidedWithHub(
         f"the other stores that synced when the hub held {which} put the hub's clock right then: the store's clock "
         "was the odd one, not the hub's; release them with wrong_clock store (at the hub's time of receipt), or "
-        "resolve them one by one (POST /v1/quarantine/{id}); nothing was changed"
+        "resolve them one by one (POST /v1/quarantine/{id}); an admin sure the hub's clock was wrong all the same "
+        'releases one store\'s with {"wrong_clock": "hub", "agent_id", "override_vouched": true}; nothing was '
+        "changed"
     )
+
+
+OVERRIDE_RULE = (
+    'override_vouched must be true, and goes only with {"wrong_clock": "hub"} and one store\'s "agent_id": it '
+    "releases that store's held movements at their own time although the other stores put the hub's clock right "
+    "when they were held"
+)
+
+
+async def vouched_of(db: Db, agent_id: str | None) -> tuple[int, int]:
+    """How many pending events the hub could not attribute to its own clock (of ``agent_id``, or every store's)
+    were held while other stores put the hub's clock right, and the most stores that did for one of them."""
+    where = Where("status = 'pending'", "hub_clock_off_ms IS NULL", "hub_clock_vouched IS NOT NULL")
+    where.add("agent_id = ?", agent_id)
+    row = await db.fetchone(f"SELECT COUNT(*), MAX(hub_clock_vouched) FROM quarantine{where.sql}", tuple(where.params))
+    return (0, 0) if row is None or not row[0] else (int(row[0]), int(row[1]))
 
 
 def check_wrong_clock(wrong_clock: object) -> None:

@@ -379,14 +379,17 @@ class QuarantineStore(Protocol):
 
     @abc.abstractmethod
     async def release_held(
-        self, window_ms: int, operator: str, wrong_clock: str, agent_id: str | None = None
+        self, window_ms: int, operator: str, wrong_clock: str, agent_id: str | None = None,
+        *, override_vouched: bool = False,
     ) -> tuple[int, int]:
         """Release at once the pending events held when the hub could not tell whose clock was wrong (no
         ``hub_clock_off_ms``), of ``agent_id``'s store or of every store (None), as ``operator`` found:
         ``wrong_clock`` "hub", each applied at its own time when inside the clock window by the hub's clock
         corrected by its sender's skew then (as ``release_hub_clock``); "store", each at its receipt time (as
         "apply_at_receipt"). One transaction each; ``InvalidInput`` for another ``wrong_clock`` or an agent this
-        hub does not know. Returns (released, left pending)."""
+        hub does not know. "hub" is refused (``StoresSidedWithHub``) for events held while the other stores put
+        the hub's clock right (``hub_clock_vouched``) unless ``override_vouched`` (only with "hub" and one
+        ``agent_id``), which the log names. Returns (released, left pending)."""
 
 
 class BundleStore(Protocol):

@@ -364,18 +364,26 @@ class SqlHubStore(HubStore, Generic[D]):
         )  # fmt: skip
 
     async def release_held(
-        self, window_ms: int, operator: str, wrong_clock: str, agent_id: str | None = None
+        self, window_ms: int, operator: str, wrong_clock: str, agent_id: str | None = None,
+        *, override_vouched: bool = False,
     ) -> tuple[int, int]:
         checks.whole(window_ms, "clock window", 1, 2**62)
         held.check_wrong_clock(wrong_clock)
         if agent_id is not None and (not isinstance(agent_id, str) or not AGENT_ID.valid(agent_id)):
             what = shown(agent_id) if isinstance(agent_id, str) else type(agent_id).__name__
             raise InvalidInput(f"{what} is not an agent id; an agent id is {AGENT_ID.rule()}")
+        if override_vouched is not False and (override_vouched is not True or wrong_clock != held.WRONG_HUB
+                                              or agent_id is None):  # fmt: skip
+            raise InvalidInput(held.OVERRIDE_RULE)
+        vouched: tuple[int, int] = (0, 0)  # what an override goes against: (held events, most stores that vouched)
 
         async def pending(db: D) -> list[int]:
+            nonlocal vouched
             if agent_id is not None and not await held.agent_known(db, agent_id):
                 raise held.UnknownAgent(f"there is no agent {agent_id} at this hub; GET /v1/agents lists them")
-            if wrong_clock == held.WRONG_HUB:
+            if wrong_clock == held.WRONG_HUB and override_vouched:
+                vouched = await held.vouched_of(db, agent_id)
+            elif wrong_clock == held.WRONG_HUB:
                 await held.check_not_vouched(db, agent_id)  # what the other stores said when it was held
             if agent_id is None and wrong_clock == held.WRONG_HUB:
                 await held.check_one_hub_offset(db)
@@ -383,6 +391,10 @@ class SqlHubStore(HubStore, Generic[D]):
 
         ids = await self._read_db("reading the quarantine", pending)
         whose = "every store" if agent_id is None else agent_id
+        if vouched[0]:
+            log.warning("%s overrode what up to %d other store(s) said of the hub's clock (right) when %d held "
+                        "movement(s) of %s were held, and releases them at their own time as if the hub's clock "
+                        "had been wrong.", operator, vouched[1], vouched[0], whose)  # fmt: skip
         if wrong_clock == held.WRONG_HUB:
             return await self._release(
                 ids, operator, f"event(s) of {whose} held when the hub could not tell whose clock was wrong, at "

@@ -569,7 +569,9 @@ async def test_quarantine_release_applies_what_the_hub_could_not_attribute_for_o
             store_now = wall_ms_now() + 3 * 3_600_000
             sale = StockEvent(new_event_id(), agent_id, 1, 1, location, "SKU-1", Kind.SALE, -1,
                               pack_hlc(store_now, 0), store_now, "api:test")  # fmt: skip
-            result = await store.ingest(who, 1, [sale], clock_window_ms=window_ms, sent_ms=store_now)
+            vouched = 2 if location == "S002" else None  # two other stores put the hub's clock right then
+            result = await store.ingest(who, 1, [sale], clock_window_ms=window_ms, sent_ms=store_now,
+                                        hub_clock_vouched=vouched)  # fmt: skip
             assert [r.code for r in result.rejected] == ["quarantined"]
             held[location] = agent_id
     alone = await hub("quarantine", "release", "--db", any_db, "--agent", held["S001"], cwd=tmp_path)
@@ -588,3 +590,22 @@ async def test_quarantine_release_applies_what_the_hub_could_not_attribute_for_o
         [left] = await store.quarantine()
         [applied] = await store.quarantine(status="applied")
     assert (left.agent_id, applied.agent_id, applied.resolved_by) == (held["S002"], held["S001"], "shelfsync-hub")
+
+    # S002's was held while two other stores put the hub's clock right: "hub" is refused unless said in so many words
+    refused = await hub("quarantine", "release", "--db", any_db, "--wrong-clock", "hub", "--agent", held["S002"],
+                        cwd=tmp_path)  # fmt: skip
+    assert "at least 2 other store(s) sided with the hub" in one_sentence_error(refused)
+    for args in (("--wrong-clock", "hub"), ("--wrong-clock", "store", "--agent", held["S002"])):
+        careless = await hub("quarantine", "release", "--db", any_db, *args, "--override-vouched", cwd=tmp_path)
+        assert careless.code == 2 and "--override-vouched goes only with --wrong-clock hub and --agent" in careless.err
+    async with open_store(any_db) as store:
+        assert [q.agent_id for q in await store.quarantine()] == [held["S002"]], "nothing refused was released"
+    sure = await hub("quarantine", "release", "--db", any_db, "--wrong-clock", "hub", "--agent", held["S002"],
+                     "--override-vouched", cwd=tmp_path)  # fmt: skip
+    assert sure.code == 0, sure.err
+    assert sure.out.startswith(f"Applied 1 held movement(s) of {held['S002']}, each at its own time"), sure.out
+    assert "shelfsync-hub overrode what up to 2 other store(s) said of the hub's clock" in sure.err
+    async with open_store(any_db) as store:
+        assert await store.quarantine() == []
+        [own] = await store.ledger(location="S002")
+    assert (own.occurred_at, own.attrs["released_by"]) == (left.occurred_at, "shelfsync-hub"), "at its own time"

@@ -8,8 +8,11 @@ own clock by nothing else. The stores' syncs are ``POST /v1/sync`` as an agent s
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import itertools
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,12 +258,14 @@ async def test_what_the_hub_could_not_attribute_is_released_for_one_store_or_all
 
 
 async def test_a_release_saying_the_hubs_clock_was_wrong_is_refused_when_the_other_stores_sided_with_it(
-    stores: Stores, monkeypatch: pytest.MonkeyPatch
+    stores: Stores, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Found: a held event did not keep whether the other stores put the hub's clock right when it was held, so an
     admin's ``{"wrong_clock": "hub"}`` applied a store's sale stamped two days back at that time although the two
     other stores had sided with the hub's clock. Now the held event keeps how many did (``hub_clock_vouched``), and
-    such a release is refused with nothing changed; ``"store"`` applies it at its receipt."""
+    such a release is refused with nothing changed, and the CSV export shows it (its last column). Found next: an
+    admin sure the hub's clock was wrong all the same had no way to apply it at its own time; now one store's are,
+    with ``"override_vouched": true``, logged naming the admin."""
     monkeypatch.setattr(clock_window, "HUB_CLOCK_LOOK_S", 0.0)
     for agent_id, location in (("store-2", "S2"), ("store-3", "S3")):
         await stores.sync(agent_id, location, behind_ms=0)
@@ -275,7 +280,26 @@ async def test_a_release_saying_the_hubs_clock_was_wrong_is_refused_when_the_oth
         assert "1 of store-1 (at least 2 other store(s) sided with the hub)" in problem["detail"], problem
         assert "wrong_clock store" in problem["detail"] and "nothing was changed" in problem["detail"], problem
     assert [q["id"] for q in await stores.held()] == [row["id"]]
-    status, released = await stores.release({"wrong_clock": "store", "agent_id": "store-1"})
+    async with stores.client.get("/v1/quarantine?format=csv", headers={"Authorization": f"Bearer {stores.reader}"}) as r:
+        [header, cells] = list(csv.reader(io.StringIO(await r.text())))
+    assert (header[-2:], cells[-1], cells[0]) == (["attrs", "hub_clock_vouched"], "2", str(row["id"])), "added last"
+
+    # An admin sure the hub's clock was wrong all the same says so for one store's, in so many words.
+    for body in (
+        {"wrong_clock": "hub", "override_vouched": True},  # every store's: never
+        {"wrong_clock": "store", "agent_id": "store-1", "override_vouched": True},
+        {"wrong_clock": "hub", "agent_id": "store-1", "override_vouched": "yes"},
+        {"wrong_clock": "hub", "agent_id": "store-1", "override_vouched": 1},
+    ):
+        status, problem = await stores.release(body)
+        assert status == 400 and "override_vouched must be true, and goes only with" in problem["detail"], problem
+    assert [q["id"] for q in await stores.held()] == [row["id"]], "nothing released by a refused override"
+    with caplog.at_level(logging.WARNING, logger="hub.storage.store"):
+        status, released = await stores.release({"wrong_clock": "hub", "agent_id": "store-1", "override_vouched": True})
     assert (status, released["released"], released["left"]) == (200, 1, 0), released
+    assert f"{stores.admin_id} overrode what up to 2 other store(s) said of the hub's clock (right) when 1 held " \
+        "movement(s) of store-1 were held" in caplog.text
+    [own] = await stores.store.ledger(location="S1")
+    assert (own.occurred_at, own.attrs["released_by"]) == (row["occurred_at"], stores.admin_id), "at its own time"
     [applied] = await stores.held("?status=applied")
     assert applied["hub_clock_vouched"] == 2
