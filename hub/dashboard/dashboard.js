@@ -1290,14 +1290,24 @@
         command(agentId, "hub", "The hub's clock was wrong: apply each at its own time (those outside the window even so stay):"))));
   }
 
+  // Held while most of the other stores put the hub's clock right (hub_clock_vouched): the sender's clock was the odd
+  // one, so "the hub's clock was wrong" contradicts them (the hub refuses that release with 409).
+  function vouchedNote(q) {
+    const n = q.hub_clock_vouched;
+    if (n === null || n === undefined) return null;
+    return h("div", { class: "sub warn", dataset: { field: "vouched" } },
+      `${NUM.format(n)} other ${n === 1 ? "store" : "stores"} said the hub's clock was right when this was held: ` +
+      "the store's clock was most likely the wrong one.");
+  }
+
   function resolveCell(q) {
     if (q.status !== "pending") {
       return h("td", { class: "wrap" }, `${q.status} by `, h("span", { class: "mono" }, q.resolved_by || "–"),
-        h("span", { class: "sub" }, q.resolved_at_ms ? isoTitle(q.resolved_at_ms) : ""));
+        h("span", { class: "sub" }, q.resolved_at_ms ? isoTitle(q.resolved_at_ms) : ""), vouchedNote(q));
     }
     const command = (action, what) => h("div", { class: "command" }, h("div", { class: "sub" }, what),
       h("code", { class: "command-text", dataset: { action } }, resolveCommand(q, action)));
-    return h("td", { class: "wrap resolve" }, h("details", {},
+    return h("td", { class: "wrap resolve" }, vouchedNote(q), h("details", {},
       h("summary", {}, "How to resolve"),
       ...(q.hub_clock_off_ms !== null && q.hub_clock_off_ms !== undefined
         ? [h("div", { class: "sub", dataset: { field: "hub-clock" } }, "Held because of the hub's own clock: " +

@@ -333,3 +333,48 @@ async def test_the_view_counts_every_held_movement_a_release_takes_not_only_the_
         await expect(page.locator("#pending-total")).to_have_count(0)  # what is applied has no release to take
         await expect(page.locator("#unattributed-held")).to_have_count(0)
         assert console_errors == []
+
+
+async def test_a_row_held_while_other_stores_put_the_hubs_clock_right_says_so(
+    page: Page, tmp_path: Path, screenshot: Screenshot, console_errors: list[str]
+) -> None:
+    """Found: the view did not show ``hub_clock_vouched``, so an operator deciding whose clock was wrong did not
+    see that two other stores had put the hub's clock right when a store's sale was held. The row now says so in
+    a sentence, pending and once resolved; a row nobody vouched for says nothing of it."""
+    async with hub_in_process(tmp_path / "hub.db") as served:
+        store = served.store
+        _, reader = await store.add_agent([], role="reader")
+        _, admin = await store.add_agent([], role="admin")
+        held_ids = []
+        for location, vouched in (("S001", 2), ("S002", None)):
+            agent_id, token = await store.add_agent([location])
+            who = await store.authenticate(token)
+            assert who is not None
+            store_now = wall_ms_now() - 2 * DAY_MS  # its clock two days behind
+            sale = StockEvent(new_event_id(), agent_id, 1, 1, location, "TEE-BLK-M", Kind.SALE, -1,
+                              pack_hlc(store_now - 60_000, 0), store_now - 60_000, "pos:till")  # fmt: skip
+            result = await store.ingest(who, 1, [sale], clock_window_ms=3_600_000, sent_ms=store_now,
+                                        hub_clock_vouched=vouched)  # fmt: skip
+            assert [r.code for r in result.rejected] == ["quarantined"]
+            held_ids.append(agent_id)
+
+        await sign_in(page, served.url, reader)
+        await page.click("nav a[data-view=quarantine]")
+        rows = page.locator("#view tbody tr[data-quarantine]")
+        await expect(rows).to_have_count(2)
+        vouched, alone = rows.filter(has_text=held_ids[0]), rows.filter(has_text=held_ids[1])
+        sentence = "2 other stores said the hub's clock was right when this was held"
+        await expect(vouched.locator('[data-field="vouched"]')).to_contain_text(sentence)
+        await expect(vouched.locator('[data-field="vouched"]')).to_be_visible()  # not folded under How to resolve
+        await expect(alone.locator('[data-field="vouched"]')).to_have_count(0)
+        await screenshot("dashboard-quarantine-vouched")
+
+        status = await served.client.post(
+            "/v1/quarantine/release", json={"wrong_clock": "store", "agent_id": held_ids[0]},
+            headers={"Authorization": f"Bearer {admin}"},
+        )  # fmt: skip
+        assert status.status == 200, await status.text()
+        await page.click('#view .chip[href="#/quarantine/applied"]')
+        await expect(rows).to_have_count(1)
+        await expect(rows.locator('[data-field="vouched"]')).to_contain_text(sentence)
+        assert console_errors == []
