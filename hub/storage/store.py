@@ -197,21 +197,25 @@ class SqlHubStore(HubStore, Generic[D]):
         hub_clock_vouched: int | None = None,
     ) -> IngestResult:
         self._check_open()
-        # Checked before the write transaction: overlaps another batch.
-        clock = (
-            None if clock_window_ms is None
-            else ClockWindow(wall_ms_now(), clock_window_ms, who.created_ms, hub_off_ms=hub_clock_off_ms,
-                             vouched=hub_clock_vouched)  # fmt: skip
-        )  # fmt: skip
-        batch = prepare_batch(
-            who, epoch, events, acked_seq, backlog=backlog, oldest_pending_ms=oldest_pending_ms, lineage=lineage,
-            clock=clock, sent_ms=sent_ms, after_seq=after_seq, peer=peer, credential=credential, disk=disk,
-        )  # fmt: skip
+
+        def judge(sender: AgentIdentity) -> Batch:  # checked before the write transaction: overlaps another batch
+            clock = (
+                None if clock_window_ms is None
+                else ClockWindow(wall_ms_now(), clock_window_ms, sender.created_ms, hub_off_ms=hub_clock_off_ms,
+                                 vouched=hub_clock_vouched)
+            )  # fmt: skip
+            return prepare_batch(
+                sender, epoch, events, acked_seq, backlog=backlog, oldest_pending_ms=oldest_pending_ms, lineage=lineage,
+                clock=clock, sent_ms=sent_ms, after_seq=after_seq, peer=peer, credential=credential, disk=disk,
+            )  # fmt: skip
+
+        batch = judge(who)
 
         async def work(db: D) -> IngestResult:
             if credential is not None and not self.CONFIRMS_IN_BOOKING:
                 await credentials.confirm(db, who, credential)  # before anything is written
-            result = await self._booking(db, lambda tx: apply_batch(tx, batch, wall_ms_now()), batch=batch)
+            judged = await self._judged_again(db, batch, judge)
+            result = await self._booking(db, lambda tx: apply_batch(tx, judged, wall_ms_now()), batch=judged)
             # This batch's keys stay locked until COMMIT (one writer, or its locks): the newest change id now is
             # this commit's own position.
             return replace(result, change_id=await self._newest_change_id(db))
@@ -220,6 +224,21 @@ class SqlHubStore(HubStore, Generic[D]):
             f"committing {len(events)} event(s) from {who.agent_id}", work, unique_races=True, events=len(events),
             sender=who.agent_id,
         )
+
+    async def _judged_again(self, db: D, batch: Batch, judge: Callable[[AgentIdentity], Batch]) -> Batch:
+        """``batch`` judged again (``judge``) with its credential's creation time as stored now when it holds
+        anything (maybe as before that time): its ``who`` may come from a hub process's identity cache, and a hub
+        that finds its clock ahead dates the credentials made meanwhile earlier (``hub_clock_found``), maybe in
+        another process. Only earlier, so a batch that holds nothing was judged right already."""
+        who = batch.who
+        if who.created_ms is None or not batch.quarantined:  # held: rare, so one more read of one row
+            return batch
+        created = await held.created_ms(db, who.agent_id)
+        if created is None or created == who.created_ms:
+            return batch
+        log.debug("%s's credential was dated %d ms when its batch was judged and is %d ms now: judged again.",
+                  who.agent_id, who.created_ms, created)  # fmt: skip
+        return judge(replace(who, created_ms=created))
 
     # --- counts and the ledger ---------------------------------------------------------------------------
 

@@ -18,6 +18,17 @@ import pytest
 
 from hub import clock_window
 from hub.storage.postgres.ingest import PostgresIngest
+from protocol import (
+    MSGPACK_CONTENT_TYPE,
+    Kind,
+    StockEvent,
+    SyncRequest,
+    decode_sync_response,
+    encode_sync_request,
+    new_event_id,
+    pack_hlc,
+    wall_ms_now,
+)
 from tests.harness.inprocess import hub_in_process
 from tests.harness.pg import PG_URL
 from tests.hub.test_quarantine_hub_clock import HUB_AHEAD_MS, STEP_S, WINDOW_S, Stores, paused_ingest
@@ -167,3 +178,40 @@ async def test_one_written_after_another_hub_found_the_clock_right_again_is_rele
     assert sorted((q["agent_id"], q["resolved_by"]) for q in released) == [
         ("store-1", "hub"), ("store-2", "hub"), ("store-3", "hub")
     ]  # fmt: skip
+
+
+async def test_a_credential_another_hub_redated_is_judged_by_its_new_date(
+    two_hubs: tuple[Stores, Stores], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found: when hub A finds the hub's clock two days ahead it dates the credentials made meanwhile by the
+    stores' time, but hub B keeps the old creation time in its identity cache: a connector's push of a sale
+    stamped now by the stores' clock (no ``sent_ms``, so nothing else holds it), applied at A, was held at B as
+    "2.0 days before its credential was created". Now a write that holds an event for that rule reads the
+    credential's creation time again in its transaction and judges by it."""
+    a, b = two_hubs
+    monkeypatch.setattr(clock_window, "HUB_CLOCK_LOOK_S", 0.0)
+
+    async def push(hub: Stores, agent_id: str) -> Any:
+        """A sale stamped now by the stores' clock (two days behind the hub's), sent without the sender's clock."""
+        at_ms = wall_ms_now() - HUB_AHEAD_MS
+        event = StockEvent(new_event_id(), agent_id, 1, next(hub.seq), f"S{agent_id[-1]}", "SKU-1", Kind.SALE, -1,
+                           pack_hlc(at_ms, 0), at_ms, "api:test")  # fmt: skip
+        headers = {"Authorization": f"Bearer {hub.tokens[agent_id]}", "Content-Type": MSGPACK_CONTENT_TYPE}
+        body = encode_sync_request(SyncRequest(agent_id, 1, (event,)))
+        async with hub.client.post("/v1/sync", data=body, headers=headers) as resp:
+            assert resp.status == 200, await resp.text()
+            return decode_sync_response(await resp.read())
+
+    await b.sync("store-1", "S1", behind_ms=0)  # B finds store-1's credential, dated by the hub's clock, and keeps it
+    for agent_id in ("store-2", "store-3"):
+        await a.sync(agent_id, f"S{agent_id[-1]}")  # two stores agree: A finds the hub's clock two days ahead
+    await a.chores_done()
+    fresh = await a.store.authenticate(a.tokens["store-1"])
+    assert fresh is not None and fresh.created_ms is not None
+    assert abs(wall_ms_now() - HUB_AHEAD_MS - fresh.created_ms) < 60_000, "A dated it by the stores' time"
+
+    at_b = await push(b, "store-1")
+    assert at_b.rejected == (), [r.reason for r in at_b.rejected]
+    at_a = await push(a, "store-4")
+    assert at_a.rejected == (), [r.reason for r in at_a.rejected]
+    assert sorted(q["agent_id"] for q in await b.held()) == ["store-2", "store-3"], "only A's, for the hub's clock"
