@@ -243,5 +243,7 @@ def _release_body(body: bytes) -> tuple[str, str | None, bool]:
         )
     override = parsed.get("override_vouched", False)
     if override is not False and (override is not True or parsed["wrong_clock"] != held.WRONG_HUB or agent_id is None):
-        raise web.HTTPBadRequest(text=f"{held.OVERRIDE_RULE}, got {json.dumps(override)[:40]}")
+        got = (f"got {json.dumps(override)[:40]}" if override is not True
+               else "got no agent_id" if agent_id is None else f"got wrong_clock {parsed['wrong_clock']}")  # fmt: skip
+        raise web.HTTPBadRequest(text=f"{held.OVERRIDE_RULE}; {got}")
     return parsed["wrong_clock"], agent_id, override
