@@ -229,12 +229,13 @@ class SqlHubStore(HubStore, Generic[D]):
         """``batch`` judged again (``judge``) with its credential's creation time as stored now when it holds
         anything (maybe as before that time): its ``who`` may come from a hub process's identity cache, and a hub
         that finds its clock ahead dates the credentials made meanwhile earlier (``hub_clock_found``), maybe in
-        another process. Only earlier, so a batch that holds nothing was judged right already."""
+        another process. Only earlier, so a batch that holds nothing was judged right already, and a later stored
+        time than the one judged by is never taken to hold more."""
         who = batch.who
         if who.created_ms is None or not batch.quarantined:  # held: rare, so one more read of one row
             return batch
         created = await held.created_ms(db, who.agent_id)
-        if created is None or created == who.created_ms:
+        if created is None or created >= who.created_ms:  # re-dated only earlier: judged again only to hold less
             return batch
         log.debug("%s's credential was dated %d ms when its batch was judged and is %d ms now: judged again.",
                   who.agent_id, who.created_ms, created)  # fmt: skip
