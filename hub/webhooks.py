@@ -178,12 +178,17 @@ class WebhookDispatcher:
             if claim.outcome == "aside":
                 self._stand_aside(claim.stored)
                 return  # ``hub.leases.lead`` gives the lock back without a word more (``_WebhookJob.aside``)
+            # The stored settings are this hub's now: other ones stored later are a hub's started after this one,
+            # which this hub leaves the webhook to, not older ones to replace again when it takes the webhook back
+            # (two hubs on alternating configs would each start the feed again at every handover).
+            self.seen_settings = self.settings
             if claim.outcome == "reset" and claim.stored is not None:
                 # its cursor was earned against another receiver or location: the counts that have not changed
                 # since would never reach the receiver now told about them
                 log.warning(
                     "webhook %s: its %s changed since it last ran, so its feed starts again from the first change "
-                    "and the receiver is told every current count",
+                    "and the receiver is told every current count (this hub's config is the newest: hubs started "
+                    "before it with the old one leave the webhook to it)",
                     spec.name, settings_changed(claim.stored, self.settings),
                 )  # fmt: skip
             state = await self._retrying(lambda: self._store.webhook_state(spec.name))
@@ -381,10 +386,20 @@ class _WebhookCollector(Collector):
         failing = GaugeMetricFamily(
             "shelfsync_webhook_failures", "Failed delivery attempts since the last success.", labels=["name"]
         )
+        delivering = GaugeMetricFamily(
+            "shelfsync_webhook_delivering", "1: this hub delivers the webhook (one hub at a time).", labels=["name"]
+        )
+        aside = GaugeMetricFamily(
+            "shelfsync_webhook_aside",
+            "1: this hub leaves the webhook to hubs started with a newer [[webhooks]] entry, and does not deliver it.",
+            labels=["name"],
+        )
         for d in self._dispatchers:
             lag.add_metric([d.spec.name], max(0, self._watch.latest - d.status.cursor))
             failing.add_metric([d.spec.name], d.status.failures)
-        yield from (lag, failing)
+            delivering.add_metric([d.spec.name], int(d.delivering and d.aside is None))
+            aside.add_metric([d.spec.name], int(d.aside is not None))
+        yield from (lag, failing, delivering, aside)
 
 
 WEBHOOKS_KEY = web.AppKey("webhooks", dict[str, WebhookDispatcher])

@@ -601,7 +601,8 @@ async def test_a_webhook_moved_to_another_receiver_or_location_tells_it_every_co
         assert warnings == [
             (
                 f"webhook shop: its url ({receiver.url} to {moved.url}) changed since it last ran, so its feed starts "
-                "again from the first change and the receiver is told every current count"
+                "again from the first change and the receiver is told every current count (this hub's config is "
+                "the newest: hubs started before it with the old one leave the webhook to it)"
             )
         ]
         caplog.clear()
