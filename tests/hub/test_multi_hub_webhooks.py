@@ -16,7 +16,10 @@ import asyncio
 import contextlib
 import json
 import os
+import re
+import shutil
 import signal
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -35,6 +38,7 @@ from tests.harness.credentials import Credential, add_credential
 from tests.harness.hub_process import HubProcess
 from tests.harness.net import free_port, get_json
 from tests.harness.pg import PG_URL, fresh_schema
+from tests.ops.test_hub_alerts import RULES, labels, promtool
 
 RATE_LIMITED_TRIES = 20  # a change answered 429 (rate_limit_per_s) is sent again after its Retry-After
 SECRET = "s3cret-for-the-web-shop"
@@ -496,3 +500,110 @@ async def test_hubs_started_with_a_webhook_moved_start_its_feed_again_once_and_a
 
 async def _async(value: bool) -> bool:
     return value
+
+
+def _metrics(url: str, token: str) -> dict[str, float]:
+    """GET /metrics as Prometheus scrapes it: the webhook's samples by name."""
+    req = urllib.request.Request(f"{url}/metrics", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        text = resp.read().decode()
+    return {
+        line.split("{", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("shelfsync_webhook_") and '{name="shop"}' in line
+    }
+
+
+async def test_hubs_started_in_turn_on_alternating_configs_start_the_feed_again_once_each_and_nobody_delivering_shows(
+    tmp_path: Path, receiver: CountingReceiver, pg_db: str
+) -> None:
+    """Hub Y (url B) started beside hub X (url A) takes the webhook over and starts its feed again; a hub X2 started
+    after it on url A takes it over from Y (paused past lease_stale_s) and starts it again: each start, once, and
+    the hub that does says its config is the newest. Found: Y, resumed and handed the webhook back when X2 stopped,
+    started the feed again too (it still took A for the settings it was newer than), so two hubs on alternating
+    configs sent the whole feed again at every handover. Y stands aside instead: nobody delivers, and /metrics says
+    so (shelfsync_webhook_aside 1, shelfsync_webhook_delivering 0), where failures alone said nothing wrong."""
+    agent = await asyncio.to_thread(add_credential, pg_db, "S1")
+    reader = await asyncio.to_thread(add_credential, pg_db, role="reader")
+    moved = CountingReceiver()
+    await moved.start()
+    x = _hub_at(tmp_path, "x", receiver.url, pg_db)
+    y = _hub_at(tmp_path, "y", moved.url, pg_db)
+    x2 = _hub_at(tmp_path, "x2", receiver.url, pg_db)
+    paused: HubProcess | None = None
+    reset = "changed since it last ran"
+    try:
+        await _start([x])
+        await _post([x], agent, range(4))
+        expected = await asyncio.to_thread(_change_ids, x.url, reader.token)
+        await _until("hub X delivers to A", lambda: _async(expected <= set(receiver.delivered)))
+        await _start([y])
+        await _until("hub Y says its url differs", lambda: asyncio.to_thread(
+            lambda: "this hub's config changes its url" in y.log))  # fmt: skip
+        await asyncio.to_thread(x.kill)
+        await _until("hub Y delivers everything to B", lambda: _async(expected <= set(moved.delivered)))
+        seen = await asyncio.to_thread(_metrics, y.url, reader.token)
+        assert (seen["shelfsync_webhook_delivering"], seen["shelfsync_webhook_aside"]) == (1, 0), seen
+
+        await _start([x2])
+        await _until("hub X2 says its url differs", lambda: asyncio.to_thread(
+            lambda: "this hub's config changes its url" in x2.log))  # fmt: skip
+        os.kill(y.pid, signal.SIGSTOP)
+        paused = y
+        before = Counter(receiver.delivered)
+        await _until("hub X2 starts the feed again to A", lambda: _async(
+            all(receiver.delivered[c] > before[c] for c in expected)))  # fmt: skip
+        os.kill(y.pid, signal.SIGCONT)
+        paused = None
+        newest = "this hub's config is the newest"
+        for hub in (y, x2):
+            (said,) = [line for line in hub.log.splitlines() if reset in line]
+            assert "WARNING" in said and newest in said, said
+
+        await asyncio.to_thread(x2.kill)  # Y alone, started before X2: it leaves the webhook to X2's config
+        aside = "another hub sharing the database, started after this one, delivers it with another url"
+        await _until("hub Y stands aside", lambda: asyncio.to_thread(lambda: aside in y.log))
+        await _post([y], agent, range(4, 6))
+        await asyncio.sleep(2 * 3.0)  # two turns of its lead loop (LEASE_RETRY_S): it takes nothing again
+        assert y.log.count(reset) == 1, "hub Y started the feed again when it took the webhook back"
+        assert max(moved.delivered.values()) == 1 and set(moved.delivered) == expected
+        assert set(receiver.delivered) == expected, "nobody delivers under the old config"
+        seen = await asyncio.to_thread(_metrics, y.url, reader.token)
+        assert seen["shelfsync_webhook_aside"] == 1 and seen["shelfsync_webhook_delivering"] == 0, seen
+        assert seen["shelfsync_webhook_failures"] == 0, seen  # ShelfsyncWebhookFailing stays quiet
+        view = await asyncio.to_thread(_webhook, y.url, reader.token)
+        assert view["deliverer"] == "another hub" and aside in view["last_error"], view
+    finally:
+        if paused is not None:
+            os.kill(paused.pid, signal.SIGCONT)
+        for hub in (x, y, x2):
+            hub.close()
+        await moved.stop()
+    for hub in (x, y, x2):
+        assert "Traceback" not in hub.log and SECRET not in hub.log
+        assert "ended by itself" not in hub.log
+    _alerts_fired_on(seen, tmp_path)
+
+
+def _alerts_fired_on(scraped: dict[str, float], tmp_path: Path) -> None:
+    """What the hub left alone with the webhook serves, fed to promtool as its scrapes for 20 minutes: the
+    undelivered webhook's alert fires after its 5, the failing one's stays quiet."""
+    tool = promtool()
+    target = {"job": "shelfsync-hub", "instance": "hub-1:8470", "name": "shop"}
+    series = [{"series": f"{name}{labels(target)}", "values": f"{value:g}x20"} for name, value in scraped.items()]
+    said = re.search(r"- alert: ShelfsyncWebhookUndelivered\n(?:.*\n)*?\s+summary: (\".*\")\n\s+description: (\".*\")\n",
+                     RULES.read_text())  # fmt: skip
+    assert said is not None
+    summary, description = (json.loads(text).replace("{{ $labels.name }}", "shop") for text in said.groups())
+    fired = {"exp_labels": {"severity": "critical", "name": "shop"},
+             "exp_annotations": {"summary": summary, "description": description}}  # fmt: skip
+    checks = [{"eval_time": "3m", "alertname": "ShelfsyncWebhookUndelivered", "exp_alerts": []},
+              {"eval_time": "10m", "alertname": "ShelfsyncWebhookUndelivered", "exp_alerts": [fired]},
+              {"eval_time": "20m", "alertname": "ShelfsyncWebhookFailing", "exp_alerts": []}]  # fmt: skip
+    shutil.copyfile(RULES, tmp_path / RULES.name)
+    tests = tmp_path / "scraped.test.yml"  # JSON is YAML
+    tests.write_text(json.dumps({"rule_files": [RULES.name], "evaluation_interval": "1m", "tests": [
+        {"interval": "1m", "input_series": series, "alert_rule_test": checks}]}))  # fmt: skip
+    done = subprocess.run([tool, "test", "rules", tests.name], cwd=tmp_path, capture_output=True, check=False,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
