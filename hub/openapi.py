@@ -142,10 +142,11 @@ API_VERSION = "1.12.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 
 #      agent those not attributed to either clock), what a release takes;
 #      the dashboard's session cookie is __Host-shelfsync_session when the dashboard is served over HTTPS
 # 1.12: a held event's hub_clock_vouched (how many other stores put the hub's clock right when it was held), and
-#      POST /v1/quarantine/release with {"wrong_clock": "hub"} answers 409 when any it would take has one
+#      POST /v1/quarantine/release with {"wrong_clock": "hub"} answers 409 when any it would take has one;
 #      {"wrong_clock": "hub", "agent_id", "override_vouched": true} on POST /v1/quarantine/release releases one
 #      store's at their own time even those with a hub_clock_vouched (logged naming the admin); the quarantine
-#      CSV's last column hub_clock_vouched
+#      CSV's last column hub_clock_vouched;
+#      a webhook's aside in GET /v1/webhooks and the status (this hub leaves it to hubs started with a newer entry)
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -1588,6 +1589,9 @@ def _schemas() -> dict[str, JSON]:
         "WebhookStatus": obj({
             "name": string(), "url": string(),
             "deliverer": known(["this hub", "another hub"], "Which hub process delivers it (several may share PostgreSQL)"),
+            "aside": {"type": "boolean", "description": "This hub leaves the webhook to hubs started with a newer "
+                      "[[webhooks]] entry for it (another url or location), and does not deliver it; last_error says "
+                      "which. If no such hub runs, nobody delivers it."},
             "location": nullable(string()), "cursor": string(), "lag": integer(0),
             "failures": integer(0), "last_error": nullable(string()), "last_attempt_ms": nullable(ms),
             "last_attempt": iso_time("The last attempt"), "last_success_ms": nullable(ms),

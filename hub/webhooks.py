@@ -531,6 +531,7 @@ def _status_json(d: WebhookDispatcher, latest: int) -> dict[str, Any]:
         "name": d.spec.name,
         "url": d.spec.display_url,
         "deliverer": "this hub" if d.delivering else "another hub",  # several hubs on one PostgreSQL database
+        "aside": d.aside is not None,  # this hub leaves it to hubs started with a newer entry (``_stand_aside``)
         "location": d.spec.location,
         "cursor": str(s.cursor),
         "lag": max(0, latest - s.cursor),

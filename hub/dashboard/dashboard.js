@@ -393,8 +393,10 @@
       setStat("stat-events", fmt(events), "received by this hub");
       const hooks = st.webhooks || [];
       const failing = hooks.filter((w) => w.failures > 0).length;
-      setStat("stat-channels", hooks.length ? (failing ? `${failing} failing` : "OK") : "–",
-        hooks.length ? `${hooks.length} configured` : "none configured", failing ? "bad" : hooks.length ? "good" : null);
+      const aside = hooks.filter((w) => w.aside).length; // left to hubs on a newer config: none may run
+      setStat("stat-channels", hooks.length ? (failing ? `${failing} failing` : aside ? `${aside} aside` : "OK") : "–",
+        hooks.length ? `${hooks.length} configured` : "none configured",
+        failing ? "bad" : aside ? "warn" : hooks.length ? "good" : null);
     }
     const negative = state.exceptions.filter((e) => e.kind === "negative_on_hand").length;
     setStat("stat-negative", negative ? atLeast(negative) : fmt(negative), negative ? "below zero" : "none below zero",
@@ -650,6 +652,7 @@
     const hooks = st.webhooks || [];
     const hookRows = hooks.map((w) => h("tr", {},
       h("td", { class: "nowrap" }, w.failures ? pill(`Failing ×${w.failures}`, "bad")
+        : w.aside ? pill("Aside: newer config elsewhere", "warn") // nobody delivers it unless a hub on that config runs
         : w.deliverer === "another hub" ? pill("Another hub delivers", "plain") : pill("Delivering", "good")),
       h("td", { class: "key" }, w.name),
       h("td", { class: "mono" }, w.url),

@@ -544,6 +544,7 @@ async def test_hubs_started_in_turn_on_alternating_configs_start_the_feed_again_
         await _until("hub Y delivers everything to B", lambda: _async(expected <= set(moved.delivered)))
         seen = await asyncio.to_thread(_metrics, y.url, reader.token)
         assert (seen["shelfsync_webhook_delivering"], seen["shelfsync_webhook_aside"]) == (1, 0), seen
+        assert (await asyncio.to_thread(_webhook, y.url, reader.token))["aside"] is False
 
         await _start([x2])
         await _until("hub X2 says its url differs", lambda: asyncio.to_thread(
@@ -572,7 +573,7 @@ async def test_hubs_started_in_turn_on_alternating_configs_start_the_feed_again_
         assert seen["shelfsync_webhook_aside"] == 1 and seen["shelfsync_webhook_delivering"] == 0, seen
         assert seen["shelfsync_webhook_failures"] == 0, seen  # ShelfsyncWebhookFailing stays quiet
         view = await asyncio.to_thread(_webhook, y.url, reader.token)
-        assert view["deliverer"] == "another hub" and aside in view["last_error"], view
+        assert view["deliverer"] == "another hub" and view["aside"] is True and aside in view["last_error"], view
     finally:
         if paused is not None:
             os.kill(paused.pid, signal.SIGCONT)
