@@ -114,6 +114,13 @@ class WebhookStatus:
     last_error: str | None = None
     last_attempt_ms: int | None = None
     last_success_ms: int | None = None
+    # The newest change id a standing-by hub read with the saved cursor: its change watch is read only while this
+    # hub's own loops wait on it, so it alone would show a webhook nobody here delivers as never behind.
+    latest: int = 0
+
+    def lag(self, latest: int) -> int:
+        """Changes committed after the cursor, of those this hub knows (``latest``: its change watch's)."""
+        return max(0, max(latest, self.latest) - self.cursor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,7 +402,7 @@ class _WebhookCollector(Collector):
             labels=["name"],
         )
         for d in self._dispatchers:
-            lag.add_metric([d.spec.name], max(0, self._watch.latest - d.status.cursor))
+            lag.add_metric([d.spec.name], d.status.lag(self._watch.latest))
             failing.add_metric([d.spec.name], d.status.failures)
             delivering.add_metric([d.spec.name], int(d.delivering and d.aside is None))
             aside.add_metric([d.spec.name], int(d.aside is not None))
@@ -510,6 +517,7 @@ class _WebhookJob:
     async def stand_by(self) -> None:  # what GET /v1/webhooks shows while standing by
         d = self._d
         d.status.cursor, d.status.last_error, d.status.failures = await self._store.webhook_state(d.spec.name)
+        d.status.latest = await self._store.latest_change_id()
         if d.aside is not None and await d.stand_aside_still():
             d.status.last_error = d.aside  # why nobody here delivers it
         elif not d.read_settings:  # a hub that first stands by: what its config is newer than
@@ -534,7 +542,7 @@ def _status_json(d: WebhookDispatcher, latest: int) -> dict[str, Any]:
         "aside": d.aside is not None,  # this hub leaves it to hubs started with a newer entry (``_stand_aside``)
         "location": d.spec.location,
         "cursor": str(s.cursor),
-        "lag": max(0, latest - s.cursor),
+        "lag": s.lag(latest),
         "failures": s.failures,
         "last_error": s.last_error,
         "last_attempt_ms": s.last_attempt_ms,

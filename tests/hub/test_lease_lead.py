@@ -66,6 +66,9 @@ class SavedState:
     async def webhook_state(self, name: str) -> WebhookState:
         return WebhookState(0, None, 0)
 
+    async def latest_change_id(self) -> int:
+        return 0
+
 
 async def _dies() -> None:
     raise RuntimeError("the feed answered nonsense")

@@ -572,6 +572,7 @@ async def test_hubs_started_in_turn_on_alternating_configs_start_the_feed_again_
         seen = await asyncio.to_thread(_metrics, y.url, reader.token)
         assert seen["shelfsync_webhook_aside"] == 1 and seen["shelfsync_webhook_delivering"] == 0, seen
         assert seen["shelfsync_webhook_failures"] == 0, seen  # ShelfsyncWebhookFailing stays quiet
+        assert seen["shelfsync_webhook_lag_changes"] == 2, seen  # what nobody delivered
         view = await asyncio.to_thread(_webhook, y.url, reader.token)
         assert view["deliverer"] == "another hub" and view["aside"] is True and aside in view["last_error"], view
     finally:
