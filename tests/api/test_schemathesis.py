@@ -26,6 +26,17 @@ What is left out or bent, named here with the reason:
   on an idle hub waits the whole ``wait``, up to 60 s as documented.
 * ``POST /v1/channels/{name}/webhooks`` is reached only up to its signature check (``401``, as documented):
   Schemathesis cannot sign a body with the channel's secret. tests/channels covers the signed webhooks.
+* The stateful phase leaves out dismissing a refused order and undoing it (schemathesis.toml): each answers
+  ``200`` once and ``409`` after, so a scenario Hypothesis replays ends differently, and Schemathesis then ends
+  the whole stateful phase early, quietly ("inconsistent data generation"): with seed 3 after 22 of its 150
+  scenarios, covering 4 links. The other phases call both routes. The test asserts the stateful phase ran all
+  its scenarios, so an operation that does the same is found, not left to the seed.
+
+Links covered: of the document's links and those Schemathesis infers, 10 to 13 are covered with seeds 1, 3, 5,
+11, 17, 42, 99 and 123 (``LINKS_COVERED_MIN`` is 9). A link counts as covered when a value it reads is put in
+the next call, so a page's ``NextPage`` is covered only when a generated ``limit`` is below the rows there are,
+and a link out of an operation whose generated path names nothing (``GET /v1/locations/{location}/counts`` …)
+is rarely followed.
 """
 
 from __future__ import annotations
@@ -53,7 +64,9 @@ EXCLUDED_PATHS = ("/v1/changes/stream",)  # see the module docstring
 TEST_CASES_RE = re.compile(r"^\s*(\d+) generated", re.MULTILINE)
 TESTED_RE = re.compile(r"^\s*Tested:\s+(\d+)", re.MULTILINE)
 LINKS_RE = re.compile(r"API Links:\s+(\d+) covered")
-LINKS_COVERED_MIN = 8
+SCENARIOS_RE = re.compile(r"Scenarios:\s+(\d+)")
+LINKS_COVERED_MIN = 9  # 10 to 13 with the seeds tried (see the module docstring)
+CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 pytestmark = pytest.mark.timeout(480)
 
@@ -69,7 +82,7 @@ def _schemathesis(hub: LiveHub, document: Path, report_dir: Path, phases: str, m
         "NO_COLOR": "1",
     }
     command = [
-        sys.executable, "-m", "schemathesis.cli", "run", str(document),
+        sys.executable, "-m", "schemathesis.cli", "--config-file", str(CONFIG), "run", str(document),
         "--url", hub.url,
         "--checks", "all",
         "--phases", phases,
@@ -110,11 +123,17 @@ def test_schemathesis_finds_nothing_against_a_live_hub(
         output, stateful = _schemathesis(hub, document, tmp_path / "report-stateful", "stateful", STATEFUL_EXAMPLES)
         elapsed_s = time.monotonic() - started
         links = _number(LINKS_RE, output)
+        scenarios = _number(SCENARIOS_RE, output)
         summary = {"operations": operations, "examples": generated, "stateful_examples": stateful,
-                   "links_covered": links, "wall_time_s": round(elapsed_s, 1)}  # fmt: skip
+                   "stateful_scenarios": scenarios, "links_covered": links,
+                   "wall_time_s": round(elapsed_s, 1)}  # fmt: skip
         for name, value in summary.items():
             record_property(f"schemathesis_{name}", value)  # in the JUnit report of CI
         print(f"schemathesis: {json.dumps(summary)}")
         assert generated > 20 * MAX_EXAMPLES
+        assert scenarios >= STATEFUL_EXAMPLES, (
+            f"the stateful phase ended after {scenarios} of its {STATEFUL_EXAMPLES} scenarios: an operation whose "
+            f"answer changes when called again (200, then 409) ends it; see the module docstring\n{output[-3000:]}"
+        )
         assert links >= LINKS_COVERED_MIN, output[-3000:]
         assert "Traceback" not in hub.log.read_text(errors="replace"), "the hub logged a traceback"
