@@ -940,10 +940,10 @@ def _paths() -> dict[str, JSON]:
                                                          "own time even those with a `hub_clock_vouched` (only with "
                                                          "`wrong_clock` `hub` and an `agent_id`; 400 otherwise); "
                                                          "logged naming the admin."}},
-                                                    closed=True, dependentRequired={"agent_id": ["wrong_clock"]},
-                                                    **{"if": {"required": ["override_vouched"]},
-                                                       "then": {"properties": {"wrong_clock": {"const": "hub"}},
-                                                                "required": ["wrong_clock", "agent_id"]}}),
+                                                    closed=True, dependentRequired={"agent_id": ["wrong_clock"]})
+                                                | {"if": {"required": ["override_vouched"]},
+                                                   "then": {"properties": {"wrong_clock": {"const": "hub"}},
+                                                            "required": ["wrong_clock", "agent_id"]}},
                                       "example": {"wrong_clock": "hub"}}}},
         errors=(*WRITE_ERRORS, 404, 409),
     ))  # fmt: skip
