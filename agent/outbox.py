@@ -1185,7 +1185,8 @@ class Outbox(SqliteFile):
         """Leave this epoch: a new one continues from the acknowledged mark (see the module doc).
 
         The rows up to the mark were acknowledged with this history. Only if the hub's mark is below
-        ours (the hub was restored too) is nothing known to be there, and the new epoch starts at 0.
+        ours (the hub was restored too) is nothing known to be there, and the new epoch starts at 0; the
+        acknowledgements above the base are forgotten, so what is sent again ages from the answer to it.
         """
         old = _meta(conn, "epoch")
         new = old
@@ -1194,6 +1195,7 @@ class Outbox(SqliteFile):
         base = previous if hwm >= previous else 0
         base_chain = (_meta(conn, "ack_chain") if base else ZERO_CHAIN) or None
         set_aside = self._set_aside(conn, rejections)
+        conn.execute("DELETE FROM acks WHERE acked_seq > ?", (base,))  # what is sent again ages from its new answer
         resend = conn.execute(
             "SELECT count(*) FROM events WHERE seq > ? AND seq NOT IN (SELECT seq FROM rejected)", (base,)
         ).fetchone()[0]

@@ -142,3 +142,30 @@ async def test_movements_sent_again_to_a_restored_hub_are_kept_from_that_acknowl
         wall.now_ms += DAY_MS
         await sync(outbox, hub, "D")  # two and a half days after A and B were first acknowledged, one after again
         assert kept(path) == ["A", "B", "C", "D"]
+
+
+async def test_movements_sent_again_in_a_new_epoch_from_0_are_kept_from_that_acknowledgement(tmp_path: Path) -> None:
+    """Found: a hub restored with another history of this outbox's epoch below its acknowledged mark (its seq is
+    another copy's movement) makes the outbox fork to a new epoch numbered from 0, and it sends everything again;
+    the acknowledgements of the old epoch stayed, so the movements sent again aged from the first hub's
+    acknowledgement and were purged that much earlier. The fork now forgets the acknowledgements above its base."""
+    path = tmp_path / "outbox.sqlite3"
+    wall = FakeWall(wall_ms_now())
+    async with (
+        FakeHub() as hub,
+        Outbox.open(path, agent_id=AGENT, location=LOC, wall_clock_ms=wall, retention_s=2 * 86_400.0) as outbox,
+    ):
+        await sync(outbox, hub, "A")
+        await sync(outbox, hub, "B")
+        old = outbox.epoch
+        hub.skew_ms += 3 * DAY_MS // 2  # a day and a half later, both clocks agreeing
+        wall.now_ms += 3 * DAY_MS // 2
+        hub.restore(AGENT, old, 0)  # from a backup made before A …
+        forked = await outbox.mark_acked(1, b"\x01" * 16, hub_ms=wall.now_ms)  # … whose seq 1 is another copy's
+        assert (forked.forked_from_epoch, forked.acked_seq) == (old, 0)
+        await sync(outbox, hub, "C")  # A and B sent again in the new epoch, acknowledged now
+        assert outbox.epoch != old and hub.on_hand(LOC, "A") == hub.on_hand(LOC, "B") == -1
+        hub.skew_ms += DAY_MS
+        wall.now_ms += DAY_MS
+        await sync(outbox, hub, "D")  # two and a half days after A and B were first acknowledged, one after again
+        assert kept(path) == ["A", "B", "C", "D"]
