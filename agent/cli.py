@@ -715,7 +715,14 @@ def _human(r: dict[str, Any]) -> str:
             f"lineage      forked from epoch {r['forked_from_epoch']} at {at} (outbox restored, copied or rolled"
             f" back); resent {r['fork_resent']:,} events from seq {r['epoch_base']:,}"
         )
-    if r.get("hub_lacks"):
+    if r.get("hub_lacks") and r.get("hub_lacks_of"):
+        at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(r["hub_lacks_ms"] / 1000))
+        lines.append(
+            f"hub LACKS    at least {r['hub_lacks']:,} movements (of seq {r['hub_lacks_seqs']}) agent"
+            f" {r['hub_lacks_of']} had acknowledged before the rebind, found at {at} (restored from an older copy?),"
+            " which this outbox cannot send again as this id: count the stock again"
+        )
+    elif r.get("hub_lacks"):
         at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(r["hub_lacks_ms"] / 1000))
         lines.append(
             f"hub LACKS    {r['hub_lacks']:,} acknowledged movements (of seq {r['hub_lacks_seqs']}) since its mark went"

@@ -241,6 +241,10 @@ class AnswerResult:
     # rewound: the movements between the hub's mark and the one it acknowledged before that this outbox no longer
     # holds (retention purged them): the restored hub lacks them for good
     gone: int = 0
+    # the hub's change numbering went below that of its answer that last moved the mark of the agent id this outbox
+    # was rebound from: the movements that answer acknowledged are not in its counts (seq from, seq to, the old
+    # agent id, that answer's change id)
+    rebound_lacks: tuple[int, int, str, int] | None = None
 
     @property
     def rewound(self) -> bool:
@@ -293,6 +297,7 @@ class OutboxStats:
     hub_lacks: int | None = None
     hub_lacks_seqs: str | None = None
     hub_lacks_ms: int | None = None
+    hub_lacks_of: str | None = None  # … acknowledged to this agent id before a ``rebind`` (None: to this one)
     set_aside_codes: dict[str, int] = field(default_factory=dict)  # set_aside by the hub's code
 
 
@@ -1011,8 +1016,14 @@ class Outbox(SqliteFile):
         def apply(conn: sqlite3.Connection) -> AnswerResult:
             result = self._ack(conn, resp.hwm, resp.chain, resp.rejected, hub_ms=resp.server_time_ms or None)
             self._recover_clock(conn, resp, clock_skew_ms)
-            restarted = False
+            restarted, rebound_lacks = False, None
             if resp.change_id is not None:
+                rebound_lacks = self._rebound_lacks(conn, resp.change_id)
+                if result.acked_seq > result.previous_acked_seq and result.forked_from_epoch is None:
+                    _set_meta(
+                        conn, acked_change_id=resp.change_id, acked_change_from=result.previous_acked_seq,
+                        acked_change_to=result.acked_seq,
+                    )  # fmt: skip
                 before = _meta(conn, "sync_change_id")
                 if before is not None and resp.change_id < before:  # the hub's numbering went back: restored
                     self._restart_feed(conn)
@@ -1052,12 +1063,39 @@ class Outbox(SqliteFile):
             )
             return dataclasses.replace(
                 result, change_id=resp.change_id, feed_restarted=restarted, hub_id_before=before, due=due,
-                due_settled=settled,
+                due_settled=settled, rebound_lacks=rebound_lacks,
             )  # fmt: skip
 
         result = await self._write(apply)
         self._after_ack(resp.hwm, result)
+        if result.rebound_lacks is not None:
+            first, last, was, acked_change = result.rebound_lacks
+            log.error(
+                "The hub's change numbering is at %d, below the %d it had reached when it acknowledged agent %s's"
+                " movements up to seq %d before this outbox was rebound to %s (its database was restored from an"
+                " older copy?): it lacks at least the %s movements of seq %d to %d that %s had acknowledged, which"
+                " this outbox cannot send again as %s (the hub would count twice those it still holds); count the"
+                " store's stock again.",
+                result.change_id, acked_change, was, last, self.agent_id, f"{last - first + 1:,}",
+                first, last, was, self.agent_id,
+            )  # fmt: skip
         return result
+
+    def _rebound_lacks(self, conn: sqlite3.Connection, change_id: int) -> tuple[int, int, str, int] | None:
+        """After a ``rebind``: whether the hub's change numbering went below the answer that last moved the previous
+        agent id's mark (its database was put back to before that answer). Then the movements that answer
+        acknowledged are missing there and cannot be sent again under the new id: they are said lost (``hub_lacks``),
+        once. (seq from, seq to, the previous agent id, that answer's change id), or None."""
+        acked_change = _meta(conn, "rebound_change_id")
+        if acked_change is None or change_id >= acked_change:
+            return None
+        first, last = _meta(conn, "rebound_change_from") + 1, _meta(conn, "rebound_seq")
+        was = _meta(conn, "rebound_from")
+        _set_meta(
+            conn, rebound_change_id=None, hub_lacks=last - first + 1, hub_lacks_seqs=f"{first}-{last}",
+            hub_lacks_ms=self._wall_clock_ms(), hub_lacks_of=was,
+        )  # fmt: skip
+        return first, last, was, acked_change
 
     # --- the change feed (agent.feed) --------------------------------------------
     async def feed_position(self) -> FeedPosition:
@@ -1116,7 +1154,9 @@ class Outbox(SqliteFile):
             return self._fork(conn, hwm, previous, why, rejections, now_ms)
         gone = _gone(conn, hwm, previous) if hwm < previous else 0
         if gone:
-            _set_meta(conn, hub_lacks=gone, hub_lacks_seqs=f"{hwm + 1}-{previous}", hub_lacks_ms=now_ms)
+            _set_meta(
+                conn, hub_lacks=gone, hub_lacks_seqs=f"{hwm + 1}-{previous}", hub_lacks_ms=now_ms, hub_lacks_of=None
+            )  # fmt: skip
         if hwm < previous:  # acknowledged by a hub that was restored since: they age from the resend's answer
             conn.execute("DELETE FROM acks WHERE acked_seq > ?", (hwm,))
         _set_meta(conn, acked_seq=hwm, ack_chain=mine if mine is not None else hub_chain)
@@ -1311,8 +1351,14 @@ class Outbox(SqliteFile):
         while new == epoch:
             new = secrets.randbits(EPOCH_BITS) or 1
         base_chain = (_meta(conn, "ack_chain") if base else ZERO_CHAIN) or None
+        # the answer that moved the previous id's mark to ``base``, if it said its change id: a hub whose numbering
+        # goes below it later lacks those movements (``_rebound_lacks``)
+        known = _meta(conn, "acked_change_to") == base and base > 0
         _set_meta(
             conn,
+            rebound_change_id=_meta(conn, "acked_change_id") if known else None,
+            rebound_change_from=_meta(conn, "acked_change_from") if known else None,
+            rebound_seq=base,
             agent_id=agent_id,
             epoch=new,
             epoch_base=base,
@@ -1580,6 +1626,7 @@ class Outbox(SqliteFile):
                 hub_lacks=_meta(conn, "hub_lacks"),
                 hub_lacks_seqs=_meta(conn, "hub_lacks_seqs"),
                 hub_lacks_ms=_meta(conn, "hub_lacks_ms"),
+                hub_lacks_of=_meta(conn, "hub_lacks_of"),
                 set_aside_codes=dict(
                     conn.execute(
                         f"SELECT code, count(*) FROM rejected WHERE code <> '{HELD_CODE}' GROUP BY code ORDER BY code"

@@ -37,10 +37,11 @@ def moves(n: int, sku: str) -> list[Movement]:
     return [Movement("S1", sku, Kind.SALE, -1, "pos:test") for _ in range(n)]
 
 
-async def synced(outbox: Outbox, url: str, token: str) -> None:
-    """Send the outbox's backlog to the hub at ``url`` and stop."""
+async def synced(outbox: Outbox, url: str, token: str, *, feed: bool = False) -> None:
+    """Send the outbox's backlog to the hub at ``url`` and stop (``feed``: following the change feed, as the agent
+    does: the answers say the hub's change numbering)."""
     replicator = Replicator(
-        outbox, url, token, retry_base_s=0.01, retry_max_s=0.05, timeout_s=WAIT_S, rng=random.Random(7)
+        outbox, url, token, retry_base_s=0.01, retry_max_s=0.05, timeout_s=WAIT_S, rng=random.Random(7), feed=feed
     )
     async with replicator:
         await asyncio.wait_for(replicator.wait_for(lambda s: s.sync_state == "ok" and s.backlog == 0), WAIT_S)
@@ -245,3 +246,60 @@ async def rolled_back_then_restored(db: str, step: Callable[[], Awaitable[None]]
         restored = await counts(hub, token)
     assert restored == {"SKU-A": -5, "SKU-B": -2, "SKU-D": -2}, restored  # SKU-C went with the rollback alone
     assert (stats.acked_seq, stats.backlog, stats.hub_lacks) == (9, 0, None)
+
+
+async def test_movements_acknowledged_to_an_agent_id_before_a_rebind_and_lost_with_a_restore_are_said_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found: an outbox rebound to a new agent id (``shelfsync-agent rebind``) continues from what the hub had
+    acknowledged to its old id. A hub restored from a backup made before those acknowledgements has no mark of the
+    new id and takes its base on trust, so the old id's movements acknowledged after the backup were gone from its
+    counts without a word (they cannot be sent again as the new id: the hub would count twice those it holds).
+    Now the agent sees the restored hub's change numbering below the answer that acknowledged them, says so as an
+    ERROR (count the stock again), and `status` shows a hub LACKS line. A rebind without a restore says nothing."""
+    caplog.set_level(logging.WARNING)
+    db, data = tmp_path / "hub.db", tmp_path / "data"
+    data.mkdir()
+    path = data / "outbox.sqlite3"
+    async with hub_in_process(db) as hub:
+        port = hub.port
+        old_id, old_token = await hub.store.add_agent(["S1"])
+        new_id, new_token = await hub.store.add_agent(["S1"])
+        async with Outbox.open(path, agent_id=old_id, location="S1") as outbox:
+            await outbox.record(moves(3, "SKU-A"))  # seqs 1-3: in the backup
+            await synced(outbox, hub.url, old_token, feed=True)
+            copy = backup(str(db), tmp_path / "backup.db").path
+            await outbox.record(moves(2, "SKU-B"))  # seqs 4-5: acknowledged to the old id after the backup
+            await synced(outbox, hub.url, old_token, feed=True)
+            await outbox.rebind(new_id)
+            await outbox.record(moves(1, "SKU-C"))  # seq 6: the new id's
+            await synced(outbox, hub.url, new_token, feed=True)
+            assert (await outbox.stats()).hub_lacks is None
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # a rebind alone loses nothing
+        assert await counts(hub, new_token) == {"SKU-A": -3, "SKU-B": -2, "SKU-C": -1}
+    restore(copy, db)
+    caplog.clear()
+    async with hub_in_process(db, port=port) as hub:
+        async with Outbox.open(path, agent_id=new_id, location="S1") as outbox:
+            await synced(outbox, hub.url, new_token, feed=True)
+            stats = await outbox.stats()
+        restored = await counts(hub, new_token)
+        config = tmp_path / "agent.toml"
+        config.write_text(
+            f'[agent]\nid = "{new_id}"\nlocation = "S1"\ndata_dir = "{data}"\nhub_url = "{hub.url}"\n'
+            f'token = "{new_token}"\n',
+            encoding="utf-8",
+        )
+        shown = await agent_status(config)
+    assert restored == {"SKU-A": -3, "SKU-C": -1}, restored  # the new id's seq 6 came back; seqs 4-5 cannot
+    (error,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert (
+        f"when it acknowledged agent {old_id}'s movements up to seq 5 before this outbox was rebound to {new_id}"
+        in error
+        and "it lacks at least the 2 movements of seq 4 to 5" in error
+        and "count the store's stock again" in error
+    ), error
+    assert (stats.hub_lacks, stats.hub_lacks_seqs, stats.hub_lacks_of, stats.acked_seq) == (2, "4-5", old_id, 6)
+    assert (
+        f"\nhub LACKS    at least 2 movements (of seq 4-5) agent {old_id} had acknowledged before the rebind" in shown
+    ), shown
