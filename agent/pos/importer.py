@@ -43,6 +43,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +55,10 @@ from agent.pos.config import PosImportConfig
 from agent.pos.errors import FileRejected, PosImportError
 from agent.pos.model import CutRow, ImportReport, Observation, Quarantined, Skipped
 from agent.pos.occurrences import CountsIncomplete, OccurrenceCounter
-from agent.pos.profiles import ColumnMap, choose
+from agent.pos.profiles import ColumnMap, Produces, choose
 from agent.pos.rows import RowMapper, row_text
 from agent.pos.source import CsvRows, FileScan, Position, Prefix, complete_lines_end, scan_file
-from agent.pos.store import Checkpoint, PosStore
+from agent.pos.store import Checkpoint, FirstDated, PosStore
 from protocol import wall_ms_now
 from protocol.values import shown
 
@@ -126,6 +127,11 @@ class _Tally:
         )  # fmt: skip
 
 
+def _utc(ms: int) -> str:
+    """A time as it is said in the log: to the second, in UTC."""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def _say_repeated(name: str, rows: int, zone: str, wall: str, second: str) -> None:
     """Rows whose time happens twice matched movements already recorded: a re-export, or the repeated hour's own."""
     if rows == 1:
@@ -157,8 +163,11 @@ class _FileParse:
         name: str,
         cut_rows: Sequence[CutRow] = (),
         end: int | None = None,
+        dated: FirstDated | None = None,
     ) -> None:
         self._scan = scan
+        self._dated = dated  # the first import of this content that dated rows by its file's time, if any
+        self.file_time_ms: int | None = None  # the time rows without one are dated by (observations only)
         self._end = end  # rows are read from the first ``end`` bytes only: the last line, unfinished, is held
         self.held_open = False  # a row of the complete lines goes on into the held line: it waits for it too
         self._done = False
@@ -188,10 +197,18 @@ class _FileParse:
             rows.open()
             self._rows = rows
             self.columns = choose(rows.header, self._config.all_profiles(), self._profile)
+            file_time_ms = self._scan.mtime_ms
+            if self.columns.profile.produces is Produces.OBSERVATIONS:
+                # A stock figure without a time of its own is dated by the file's, which a copy of the file (from an
+                # email, a USB stick) moves: the same content keeps the time its first import dated it by, so an old
+                # figure never passes as a new one (latest count wins on the hub).
+                if self._dated is not None:
+                    file_time_ms = self._dated.file_time_ms
+                self.file_time_ms = file_time_ms
             self.mapper = RowMapper(
                 # the name as it may be shown and sent (the hub refuses control characters in it)
                 self.columns, self._config, default_location=self._location, source_file=shown(self._name, bare=True),
-                file_time_ms=self._scan.mtime_ms, now_ms=self._now_ms, counter=self._counter, delimiter=rows.delimiter,
+                file_time_ms=file_time_ms, now_ms=self._now_ms, counter=self._counter, delimiter=rows.delimiter,
             )
             if rows.position() is not None:
                 self._counter.track()  # a checkpoint keeps the counts that changed in its batches
@@ -411,8 +428,9 @@ class PosImporter:
                 )  # fmt: skip
             if end >= scan.size_bytes:
                 end = None  # it ends with a line break after all: imported whole
+        dated = await self.store.first_dated(scan.sha256)
         parse = _FileParse(
-            scan, self.config, profile or self.config.profile, self.location, started_ms, name, cut_rows, end
+            scan, self.config, profile or self.config.profile, self.location, started_ms, name, cut_rows, end, dated
         )
         owner = _ImportOwner(self.store)
         import_id: int | None = None
@@ -428,7 +446,16 @@ class PosImporter:
                 await self.store.finish_import(failed_id, report)
                 log.warning("The POS export %s was not imported: %s", shown(name, bare=True), err)
                 return report
-            import_id = await self.store.begin_import(scan, name, columns.profile.name, owner=owner.token)
+            import_id = await self.store.begin_import(
+                scan, name, columns.profile.name, owner=owner.token, file_time_ms=parse.file_time_ms
+            )
+            if dated is not None and parse.file_time_ms is not None and dated.file_time_ms != scan.mtime_ms:
+                log.warning(
+                    "The POS export %s has the same content as %s, imported before, so its stock figures keep that"
+                    " export's time, %s, not this copy's, %s, and override no count taken since.",
+                    shown(name, bare=True), shown(dated.file_name, bare=True), _utc(dated.file_time_ms),
+                    _utc(scan.mtime_ms),
+                )  # fmt: skip
             tally = await self._resume(parse, scan, columns, checkpoint, import_id, name)
             keep = keep_checkpoint or end is not None
             try:
@@ -457,7 +484,8 @@ class PosImporter:
                 await self.store.forget_checkpoint(import_id)
                 await asyncio.to_thread(parse.close)
                 parse = _FileParse(
-                    scan, self.config, profile or self.config.profile, self.location, started_ms, name, cut_rows, end
+                    scan, self.config, profile or self.config.profile, self.location, started_ms, name, cut_rows, end,
+                    dated,
                 )
                 columns = await asyncio.to_thread(parse.open)
                 # what this import recorded before it read the file again counts as recorded by it (``recorded_now``)

@@ -193,6 +193,15 @@ class FiledWatch:
     ctime_ns: int | None = None  # its inode's change time (POSIX): a write in place keeping its size and time moves it
 
 
+@dataclass(frozen=True, slots=True)
+class FirstDated:
+    """The first import of a content whose rows without a time of their own were dated by the file's time."""
+
+    import_id: int
+    file_name: str
+    file_time_ms: int
+
+
 _COUNTS = ("rows_read", "imported", "duplicates", "observations", "observation_duplicates", "skipped", "quarantined")
 
 
@@ -285,6 +294,9 @@ class PosStore(SqliteFile):
         # nobody holds is an import its process never finished (killed, or the computer went down).
         if "owner" not in {r[1] for r in conn.execute("PRAGMA table_info(imports)")}:
             conn.execute("ALTER TABLE imports ADD COLUMN owner TEXT")
+        # The time its rows without one were dated by (``first_dated``): a copy of the same content keeps it.
+        if "file_time_ms" not in {r[1] for r in conn.execute("PRAGMA table_info(imports)")}:
+            conn.execute("ALTER TABLE imports ADD COLUMN file_time_ms INTEGER")
         # The key a checkpoint's occurrence counts are kept under (``_counts_key``); a row from before: its import.
         if "counts_of" not in {r[1] for r in conn.execute("PRAGMA table_info(checkpoints)")}:
             conn.execute("ALTER TABLE checkpoints ADD COLUMN counts_of INTEGER")
@@ -344,19 +356,36 @@ class PosStore(SqliteFile):
         return PosImportError(f"the POS import store {self.path} could not be {verb}: {detail}")
 
     # --- imports ----------------------------------------------------------------
-    async def begin_import(self, scan: FileScan, file_name: str, profile: str, *, owner: str | None = None) -> int:
-        """A new ``running`` import; ``owner`` names the lock its process holds until it ends (``ImportOwner``)."""
+    async def begin_import(
+        self, scan: FileScan, file_name: str, profile: str, *, owner: str | None = None, file_time_ms: int | None = None
+    ) -> int:
+        """A new ``running`` import; ``owner`` names the lock its process holds until it ends (``ImportOwner``);
+        ``file_time_ms``: the time its rows that carry none are dated by (``first_dated``)."""
         now_ms = self._wall_clock_ms()
 
         def insert(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
-                "INSERT INTO imports (file_name, sha256, size_bytes, encoding, profile, status, started_ms, owner)"
-                " VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
-                (file_name, scan.sha256, scan.size_bytes, scan.encoding, profile, now_ms, owner),
+                "INSERT INTO imports (file_name, sha256, size_bytes, encoding, profile, status, started_ms, owner,"
+                " file_time_ms) VALUES (?, ?, ?, ?, ?, 'running', ?, ?, ?)",
+                (file_name, scan.sha256, scan.size_bytes, scan.encoding, profile, now_ms, owner, file_time_ms),
             )
             return int(cur.lastrowid or 0)
 
         return await self._write(insert)
+
+    async def first_dated(self, sha256: str) -> FirstDated | None:
+        """The first import of a file with this content that dated rows by the file's time (and did not fail), or
+        None: a copy of it, whatever its name and time, dates them as that import did (agent.pos.importer)."""
+
+        def select(conn: sqlite3.Connection) -> FirstDated | None:
+            row = conn.execute(
+                "SELECT id, file_name, file_time_ms FROM imports WHERE sha256 = ? AND file_time_ms IS NOT NULL"
+                " AND status != 'failed' ORDER BY id LIMIT 1",
+                (sha256,),
+            ).fetchone()
+            return None if row is None else FirstDated(int(row[0]), str(row[1]), int(row[2]))
+
+        return await self._read(select)
 
     def owner_lock(self, owner: str) -> Path:
         """The lock file an import's process holds while it runs, beside the store."""

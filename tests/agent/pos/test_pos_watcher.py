@@ -20,7 +20,7 @@ from agent.outbox import Outbox
 from agent.pos import ImportReport, PosFolderWatcher, PosImportConfig
 from agent.pos import watcher as watcher_module
 from protocol import wall_ms_now
-from tests.agent.pos.pos_helpers import LOCATION, SQUARE_UTF8, open_env
+from tests.agent.pos.pos_helpers import LOCATION, SHOPIFY, SQUARE_UTF8, open_env
 from tests.harness.small_disk import fill
 
 WAIT_S = 30.0  # bound on every wait for the watcher; never reached when things work
@@ -113,6 +113,46 @@ async def test_the_same_file_dropped_twice_changes_nothing_the_second_time(tmp_p
         assert sorted(p.name for p in (folder / "processed").iterdir()) == [
             "sales.1.csv", "sales.1.csv.report.json", "sales.csv", "sales.csv.report.json",
         ]
+
+
+async def test_a_stock_count_export_dropped_again_as_a_fresh_copy_keeps_its_first_time(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Shopify inventory export carries no time: its counts are dated by the file's. The same export copied in
+    again a week later (from an email, a USB stick) has a new file time; its old counts must not come back dated
+    then, overriding counts taken since (latest count wins on the hub). A newer export with other counts does."""
+    folder = drop_folder(tmp_path)
+    reports = Reports()
+    config = PosImportConfig.from_mapping({"locations": {"Main Street": "S001", "Warehouse": "W001"}})
+    week_ago_s = wall_ms_now() // 1000 - 7 * 86400
+    async with (
+        open_env(tmp_path, config) as env,
+        PosFolderWatcher(env.importer, folder, settle_s=0.1, on_report=reports),
+    ):
+        staged = tmp_path / "inventory.csv"
+        shutil.copyfile(SHOPIFY, staged)
+        os.utime(staged, (week_ago_s, week_ago_s))
+        os.replace(staged, folder / "inventory.csv")
+        first, _ = await reports.next()
+        assert (first.observations, first.observation_duplicates) == (3, 0)
+        taken_ms = {o.observed_at_ms for _, o in await env.store.pending_observations()}
+        assert taken_ms == {week_ago_s * 1000}
+        # a week later: the same export, saved from the email under another name, with today's file time
+        caplog.set_level(logging.INFO, logger="agent.pos")
+        (folder / "inventory (1).csv").write_bytes(SHOPIFY.read_bytes())
+        again, again_dest = await reports.next()
+        assert (again.status, again.observations, again.observation_duplicates) == ("imported", 0, 3)
+        assert again_dest.parent.name == "processed"
+        assert {o.observed_at_ms for _, o in await env.store.pending_observations()} == taken_ms
+        said = [r.getMessage() for r in caplog.records if "same content" in r.getMessage()]
+        assert len(said) == 1 and "export inventory (1).csv has the same content as inventory.csv," in said[0], said
+        # a newer export with other counts is dated by its own file time
+        newer = SHOPIFY.read_bytes().replace(b"Main Street,0,0,1,6,7", b"Main Street,0,0,1,6,5")
+        (folder / "inventory-new.csv").write_bytes(newer)
+        fresh, _ = await reports.next()
+        assert (fresh.observations, fresh.observation_duplicates) == (3, 0)
+        latest = [o for _, o in await env.store.pending_observations() if o.observed_at_ms > week_ago_s * 1000]
+        assert sorted((o.sku, o.location, o.on_hand) for o in latest)[:2] == [("MUG-01", "S001", 5), ("MUG-01", "W001", 40)]
 
 
 async def test_files_already_there_at_start_are_imported(tmp_path: Path) -> None:
