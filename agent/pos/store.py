@@ -48,6 +48,7 @@ from agent.pos.errors import PosImportError, PosStoreClosed
 from agent.pos.model import CutRow, ImportReport, Observation, Quarantined, QuarantineEntry
 from agent.pos.source import FileScan, Position
 from protocol import wall_ms_now
+from protocol.values import shown
 
 T = TypeVar("T")
 SCHEMA_VERSION = 1
@@ -383,7 +384,24 @@ class PosStore(SqliteFile):
                 " AND status != 'failed' ORDER BY id LIMIT 1",
                 (sha256,),
             ).fetchone()
-            return None if row is None else FirstDated(int(row[0]), str(row[1]), int(row[2]))
+            if row is not None:
+                return FirstDated(int(row[0]), str(row[1]), int(row[2]))
+            # An import by an agent from before ``file_time_ms`` was kept: the time the observations it stored
+            # carry, when they all carry one (a file dated by its time; rows with their own are not told apart).
+            legacy = conn.execute(
+                "SELECT id, file_name, started_ms, finished_ms FROM imports WHERE sha256 = ? AND file_time_ms IS NULL"
+                " AND status != 'failed' AND observations > 0 AND finished_ms IS NOT NULL ORDER BY id",
+                (sha256,),
+            ).fetchall()
+            for import_id, file_name, started_ms, finished_ms in legacy:
+                low, high = conn.execute(
+                    "SELECT min(observed_at_ms), max(observed_at_ms) FROM observations WHERE source_file = ?"
+                    " AND stored_ms BETWEEN ? AND ?",
+                    (shown(file_name, bare=True), started_ms, finished_ms),
+                ).fetchone()
+                if low is not None and low == high:
+                    return FirstDated(int(import_id), str(file_name), int(low))
+            return None
 
         return await self._read(select)
 

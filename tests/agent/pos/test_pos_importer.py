@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import sqlite3
 from collections import Counter
 from pathlib import Path
 
@@ -140,6 +143,27 @@ async def test_shopify_on_hand_becomes_observations_not_movements(tmp_path: Path
         }
         await env.store.mark_observations_sent([obs_id])
         assert [o.sku for _, o in await env.store.pending_observations()] == ["MUG-01", "TEE-M-BLK"]
+
+
+async def test_a_copy_of_a_stock_export_imported_by_an_agent_from_before_keeps_its_first_time(tmp_path: Path) -> None:
+    """An export imported before the store kept each import's file time: a copy of it with a new file time is
+    dated by the time its counts were stored with then, never by its own."""
+    old_s = 1_764_061_200  # 2025-11-25 09:00 UTC
+    config = PosImportConfig.from_mapping({"locations": {"Main Street": "S001", "Warehouse": "W001"}})
+    async with open_env(tmp_path, config) as env:
+        path = env.copy(SHOPIFY, "inventory.csv")
+        os.utime(path, (old_s, old_s))
+        first = await env.importer.import_file(path)
+        assert (first.observations, first.observation_duplicates) == (3, 0)
+    with contextlib.closing(sqlite3.connect(PosImportConfig().store_path_for(tmp_path / "outbox.sqlite3"))) as conn:
+        conn.execute("UPDATE imports SET file_time_ms = NULL")  # as an agent from before left them
+        conn.commit()
+    async with open_env(tmp_path, config) as env:
+        copy = env.copy(SHOPIFY, "inventory (1).csv")  # a week later: today's file time
+        assert copy.stat().st_mtime > old_s + 86400
+        again = await env.importer.import_file(copy)
+        assert (again.status, again.observations, again.observation_duplicates) == ("imported", 0, 3)
+        assert {o.observed_at_ms for _, o in await env.store.pending_observations()} == {old_s * 1000}
 
 
 async def test_generic_export(tmp_path: Path) -> None:
