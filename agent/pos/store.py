@@ -112,6 +112,8 @@ _SCHEMA = (
         UNIQUE (system, location, sku, observed_at_ms)
     )""",
     "CREATE INDEX IF NOT EXISTS observations_unsent ON observations (id) WHERE sent_ms IS NULL",
+    # an import's content looked up by each import (``first_dated``)
+    "CREATE INDEX IF NOT EXISTS imports_by_sha256 ON imports (sha256)",
     # A report the disk refused to write beside its filed export (agent.pos.watcher): written at the next start
     # too, not only while this agent runs. Added without a schema version: an older agent ignores the table.
     # How far an import durably got (agent.pos.importer): an agent killed in the middle of a long export goes on
