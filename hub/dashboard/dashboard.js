@@ -1266,9 +1266,10 @@
   }
 
   // Held when the hub could not tell whose clock was wrong (no hub_clock_off_ms: a lone store, stores that disagree):
-  // an admin who checked both clocks applies a store's together, as the one found wrong says.
-  function releaseHeldCommand(wrongClock, agentId) {
-    const body = JSON.stringify({ wrong_clock: wrongClock, agent_id: agentId });
+  // an admin who checked both clocks applies a store's together, as the one found wrong says. `override` adds
+  // override_vouched, which the hub takes for one store's only (POST /v1/quarantine/release).
+  function releaseHeldCommand(wrongClock, agentId, override) {
+    const body = JSON.stringify({ wrong_clock: wrongClock, agent_id: agentId, ...(override ? { override_vouched: true } : {}) });
     return `curl -sS -X POST -H "Authorization: Bearer $SHELFSYNC_ADMIN_TOKEN" -H "Content-Type: application/json" ` +
       `-d '${body}' ${window.location.origin}/v1/quarantine/release`;
   }
@@ -1277,20 +1278,47 @@
     return q.status === "pending" && (q.hub_clock_off_ms === null || q.hub_clock_off_ms === undefined);
   }
 
-  function unattributedNote(totals) {
+  // Per agent, the most other stores that vouched for the hub's clock when one of its shown held rows was held:
+  // the hub answers {"wrong_clock": "hub"} for that store with 409 unless overridden.
+  function vouchedByAgent(rows) {
+    const most = new Map();
+    for (const q of rows.filter(unattributed)) {
+      const n = q.hub_clock_vouched;
+      if (n !== null && n !== undefined) most.set(q.agent_id, Math.max(n, most.get(q.agent_id) || 0));
+    }
+    return most;
+  }
+
+  function unattributedNote(rows, totals) {
     const byAgent = totals.byAgent;
     if (!byAgent.size) return null;
+    const vouched = vouchedByAgent(rows);
     const all = [...byAgent.values()].reduce((a, b) => a + b, 0);
-    const command = (agentId, wrongClock, what) => h("div", { class: "command" }, h("div", { class: "sub" }, what),
-      h("code", { class: "command-text", dataset: { wrongClock, agent: agentId } }, releaseHeldCommand(wrongClock, agentId)));
+    const command = (agentId, wrongClock, what, override) => h("div", { class: "command" }, h("div", { class: "sub" }, what),
+      h("code", { class: "command-text", dataset: { wrongClock, agent: agentId, ...(override ? { override: "vouched" } : {}) } },
+        releaseHeldCommand(wrongClock, agentId, override)));
+    const commands = (agentId) => {
+      const n = vouched.get(agentId);
+      const store = command(agentId, "store", "Its clock was wrong: apply each at the time the hub received it:");
+      if (n === undefined) {
+        return [store,
+          command(agentId, "hub", "The hub's clock was wrong: apply each at its own time (those outside the window even so stay):")];
+      }
+      return [
+        h("div", { class: "sub warn", dataset: { field: "vouched-store" } },
+          `${NUM.format(n)} other ${n === 1 ? "store" : "stores"} sided with the hub's clock when these were held: ` +
+          "this store's clock was most likely the wrong one, and the hub refuses to release them as if its own was."),
+        store,
+        command(agentId, "hub", "Override — only if a time server shows the hub's clock was wrong all the same, against " +
+          "what the other stores said (the hub logs your name): apply each at its own time:", true)];
+    };
     return h("div", { class: "unattributed-held", id: "unattributed-held", role: "note" },
       h("p", { class: "muted" }, `For ${NUM.format(all)} of those held the hub could not tell whose clock was wrong, ` +
         "its own or the store's (a store alone, or stores whose clocks disagree). Check both against a time server; " +
         "then an admin applies one store's together, as the clock found wrong says, instead of one by one:"),
       ...[...byAgent].map(([agentId, n]) => h("details", { dataset: { agent: agentId } },
         h("summary", {}, h("span", { class: "mono" }, agentId), ` — ${NUM.format(n)} held`),
-        command(agentId, "store", "Its clock was wrong: apply each at the time the hub received it:"),
-        command(agentId, "hub", "The hub's clock was wrong: apply each at its own time (those outside the window even so stay):"))));
+        ...commands(agentId))));
   }
 
   // Held while most of the other stores put the hub's clock right (hub_clock_vouched): the sender's clock was the odd
@@ -1359,7 +1387,7 @@
         ", by running the command shown under How to resolve.")),
       h("div", { class: "toolbar" }, csvLink(`/v1/quarantine?status=${status}&format=csv`, "Download CSV",
         `every ${status === "all" ? "" : status + " "}held event (all pages), as a spreadsheet`))),
-    chips, ...[held, note, hubClockNote(rows, totals), unattributedNote(totals)].filter(Boolean),
+    chips, ...[held, note, hubClockNote(rows, totals), unattributedNote(rows, totals)].filter(Boolean),
     table(["Status", "Agent", "Location", "SKU", "Kind", ["Qty", "num"], "Stamp it carried", "Received by the hub",
       ["How far off", "num"], "Resolve"], rows.map(quarantineRow),
       status === "pending" ? "Nothing is held: every store's clock was within the window." : "Nothing here.")];
