@@ -146,7 +146,8 @@ API_VERSION = "1.12.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 
 #      {"wrong_clock": "hub", "agent_id", "override_vouched": true} on POST /v1/quarantine/release releases one
 #      store's at their own time even those with a hub_clock_vouched (logged naming the admin); the quarantine
 #      CSV's last column hub_clock_vouched;
-#      a webhook's aside in GET /v1/webhooks and the status (this hub leaves it to hubs started with a newer entry)
+#      a webhook's aside in GET /v1/webhooks and the status (this hub leaves it to hubs started with a newer entry);
+#      GET /v1/quarantine's pending.vouched (per agent, the most hub_clock_vouched of its unattributed held events)
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -1335,7 +1336,7 @@ ANSWER_EXAMPLES: Mapping[str, Any] = {
                   "db": {"ok": True}, "feed": {"cursor": "1042", "last_change_ms": _AT_MS, "last_change": _AT},
                   "agents": [{**_AGENT_STATUS, "last_sync_age_s": 0, "online": True, "events_last_hour": 312}],
                   "webhooks": [_WEBHOOK], "hub_clock": None},
-    "getQuarantine": {"quarantine": [_HELD], "next": None, "pending": {"total": 1, "hub_clock": 0, "unattributed": {_AGENT: 1}}},
+    "getQuarantine": {"quarantine": [_HELD], "next": None, "pending": {"total": 1, "hub_clock": 0, "unattributed": {_AGENT: 1}, "vouched": {}}},
     "resolveQuarantined": {"quarantine": {**_HELD, "status": "applied", "resolved_by": _ADMIN,
                                           "resolved_at_ms": _AT_MS + 60_000}},
     "putCatalog": {"version": 8, "updated": 1, "rebooked": 3},
@@ -1538,7 +1539,11 @@ def _schemas() -> dict[str, JSON]:
             "unattributed": obj({}, additionalProperties=integer(1), description="Per agent id, the ones the hub "
                                 "could not attribute to either clock (what a release with wrong_clock and "
                                 "agent_id takes)."),
-        }, ["total", "hub_clock", "unattributed"], description="On the first page (no cursor) only: how many are "
+            "vouched": obj({}, additionalProperties=integer(1), description="Per agent id with any, of those "
+                           "unattributed the most other stores that put the hub's clock right when one was held "
+                           "(hub_clock_vouched): a release of that agent's with wrong_clock hub is refused (409) "
+                           "without override_vouched."),
+        }, ["total", "hub_clock", "unattributed", "vouched"], description="On the first page (no cursor) only: how many are "
             "held pending in all, whatever status, location and limit the page shows.")),
         "CatalogItem": obj({"barcode": string(maxLength=64), "sku": string(), "pack_size": integer(1),
                             "description": string()}, ["barcode", "sku", "pack_size", "description"]),

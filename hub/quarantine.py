@@ -125,6 +125,7 @@ async def get_quarantine(request: web.Request) -> web.StreamResponse:
             "total": hub_clock + sum(unattributed.values()),
             "hub_clock": hub_clock,
             "unattributed": unattributed,
+            "vouched": await request.app[STORE_KEY].quarantine_vouched(),
         }
     return web.json_response(page, dumps=views.dumps)
 

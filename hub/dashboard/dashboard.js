@@ -1247,10 +1247,14 @@
   // What is held pending in all (GET /v1/quarantine's pending, counted by the hub): a release takes every one of
   // them, not only those on the page shown (at most QUARANTINE_LIMIT).
   function pendingTotals(rows, pending) {
-    if (pending) return { hubClock: pending.hub_clock, byAgent: new Map(Object.entries(pending.unattributed)) };
+    if (pending) {
+      return { hubClock: pending.hub_clock, byAgent: new Map(Object.entries(pending.unattributed)),
+        vouched: pending.vouched ? new Map(Object.entries(pending.vouched)) : vouchedByAgent(rows) }; // 1.12 counts them
+    }
     const byAgent = new Map(); // an older hub's: the rows shown
     for (const q of rows.filter(unattributed)) byAgent.set(q.agent_id, (byAgent.get(q.agent_id) || 0) + 1);
-    return { hubClock: rows.filter((q) => q.status === "pending" && !unattributed(q)).length, byAgent };
+    return { hubClock: rows.filter((q) => q.status === "pending" && !unattributed(q)).length, byAgent,
+      vouched: vouchedByAgent(rows) };
   }
 
   function hubClockNote(rows, totals) {
@@ -1278,8 +1282,8 @@
     return q.status === "pending" && (q.hub_clock_off_ms === null || q.hub_clock_off_ms === undefined);
   }
 
-  // Per agent, the most other stores that vouched for the hub's clock when one of its shown held rows was held:
-  // the hub answers {"wrong_clock": "hub"} for that store with 409 unless overridden.
+  // Per agent, the most other stores that vouched for the hub's clock when one of its shown held rows was held (an
+  // older hub's pending has no vouched): the hub answers {"wrong_clock": "hub"} for that store with 409 unless overridden.
   function vouchedByAgent(rows) {
     const most = new Map();
     for (const q of rows.filter(unattributed)) {
@@ -1289,10 +1293,10 @@
     return most;
   }
 
-  function unattributedNote(rows, totals) {
+  function unattributedNote(totals) {
     const byAgent = totals.byAgent;
     if (!byAgent.size) return null;
-    const vouched = vouchedByAgent(rows);
+    const vouched = totals.vouched;
     const all = [...byAgent.values()].reduce((a, b) => a + b, 0);
     const command = (agentId, wrongClock, what, override) => h("div", { class: "command" }, h("div", { class: "sub" }, what),
       h("code", { class: "command-text", dataset: { wrongClock, agent: agentId, ...(override ? { override: "vouched" } : {}) } },
@@ -1375,7 +1379,7 @@
       QUARANTINE_STATUSES.map((s) => h("a", { class: "chip", href: "#/quarantine/" + s, "aria-pressed": String(status === s) },
         s[0].toUpperCase() + s.slice(1))));
     const note = body.next ? h("p", { class: "muted" }, `Showing the newest ${NUM.format(QUARANTINE_LIMIT)}; filter by status to see the rest.`) : null;
-    const totals = status === "pending" || status === "all" ? pendingTotals(rows, body.pending) : { hubClock: 0, byAgent: new Map() };
+    const totals = status === "pending" || status === "all" ? pendingTotals(rows, body.pending) : { hubClock: 0, byAgent: new Map(), vouched: new Map() };
     const held = body.pending && (status === "pending" || status === "all")
       ? h("p", { id: "pending-total", dataset: { total: String(body.pending.total) } },
         `${NUM.format(body.pending.total)} held pending in all.`) : null;
@@ -1387,7 +1391,7 @@
         ", by running the command shown under How to resolve.")),
       h("div", { class: "toolbar" }, csvLink(`/v1/quarantine?status=${status}&format=csv`, "Download CSV",
         `every ${status === "all" ? "" : status + " "}held event (all pages), as a spreadsheet`))),
-    chips, ...[held, note, hubClockNote(rows, totals), unattributedNote(rows, totals)].filter(Boolean),
+    chips, ...[held, note, hubClockNote(rows, totals), unattributedNote(totals)].filter(Boolean),
     table(["Status", "Agent", "Location", "SKU", "Kind", ["Qty", "num"], "Stamp it carried", "Received by the hub",
       ["How far off", "num"], "Resolve"], rows.map(quarantineRow),
       status === "pending" ? "Nothing is held: every store's clock was within the window." : "Nothing here.")];

@@ -297,6 +297,18 @@ async def pending_totals(db: Db) -> tuple[int, dict[str, int]]:
     return hub_clock, {agent_id: int(n) for agent_id, by_hub, n in rows if not by_hub}
 
 
+async def pending_vouched(db: Db) -> dict[str, int]:
+    """Per agent with any, the most other stores that put the hub's clock right when one of its held events the hub
+    did not attribute was held (``hub_clock_vouched``): a release of that agent's as the hub's clock wrong is refused
+    unless overridden."""
+    rows = await db.fetch(
+        "SELECT agent_id, MAX(hub_clock_vouched) FROM quarantine WHERE status = 'pending' "
+        "AND hub_clock_off_ms IS NULL AND hub_clock_vouched IS NOT NULL GROUP BY agent_id ORDER BY agent_id",
+        (),
+    )
+    return {agent_id: int(n) for agent_id, n in rows}
+
+
 # Whose clock an operator found wrong, for the held events the hub could not attribute (``release_held``): the
 # hub's (each applied at its own time) or the store's (each at the hub's time of receipt).
 WRONG_HUB, WRONG_STORE = "hub", "store"

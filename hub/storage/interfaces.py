@@ -345,6 +345,11 @@ class QuarantineStore(Protocol):
         (``release_hub_clock`` takes them), and per agent those it did not attribute to it (``release_held``)."""
 
     @abc.abstractmethod
+    async def quarantine_vouched(self) -> dict[str, int]:
+        """Per agent with any pending held event it did not attribute that has a ``hub_clock_vouched``, the most
+        other stores that vouched (``release_held`` with the hub's clock wrong refuses them unless overridden)."""
+
+    @abc.abstractmethod
     async def resolve_quarantine(self, quarantine_id: int, action: str, operator: str) -> QuarantineRow | None:
         """Resolve one held event in one transaction: "apply_at_receipt" ingests it re-stamped at its
         receipt time (attrs keep the original stamp; counts, feed and variances follow as for any event),

@@ -311,6 +311,9 @@ class SqlHubStore(HubStore, Generic[D]):
     async def quarantine_totals(self) -> tuple[int, dict[str, int]]:
         return await self._read_db("reading the quarantine", held.pending_totals)
 
+    async def quarantine_vouched(self) -> dict[str, int]:
+        return await self._read_db("reading the quarantine", held.pending_vouched)
+
     async def resolve_quarantine(self, quarantine_id: int, action: str, operator: str) -> QuarantineRow | None:
         held.check_action(action)
         checks.whole(quarantine_id, "quarantine id", 1, 2**63 - 1)

@@ -295,12 +295,21 @@ async def test_the_view_counts_every_held_movement_a_release_takes_not_only_the_
 ) -> None:
     """Found: the view counts the held movements on the page it shows (the newest 1,000), while a release takes
     every one that matches: with 1,200 of a lone store held, it said 1,000 under the command that applies 1,200. The
-    hub now counts them (GET /v1/quarantine's pending, one query) and the view shows those totals."""
+    hub now counts them (GET /v1/quarantine's pending, one query) and the view shows those totals. Likewise a
+    store whose one held sale, with a hub_clock_vouched, is older than the page shown: the view offered it the
+    {"wrong_clock": "hub"} release the hub refuses; the hub now says which stores have such (pending's vouched)."""
     held_n, other_n = 1_200, 3
     async with hub_in_process(tmp_path / "hub.db") as served:
         store = served.store
         _, reader = await store.add_agent([], role="reader")
         store_now = wall_ms_now() + 3 * 3_600_000
+        vouched_id, token = await store.add_agent(["S002"])
+        who = await store.authenticate(token)
+        assert who is not None
+        sale = StockEvent(new_event_id(), vouched_id, 1, 1, "S002", "TEE-BLK-M", Kind.SALE, -1,
+                          pack_hlc(store_now - 900_000, 0), store_now - 900_000, "pos:till")  # fmt: skip
+        result = await store.ingest(who, 1, [sale], clock_window_ms=3_600_000, sent_ms=store_now, hub_clock_vouched=3)
+        assert [r.code for r in result.rejected] == ["quarantined"], "the oldest held: not on the page shown"
         agents = []
         for n in (held_n, other_n):
             agent_id, token = await store.add_agent(["S001"])
@@ -319,9 +328,14 @@ async def test_the_view_counts_every_held_movement_a_release_takes_not_only_the_
         await page.click("nav a[data-view=quarantine]")
         await expect(page.locator("#view tbody tr[data-quarantine]")).to_have_count(1_000)  # the newest page
         total = page.locator("#pending-total")
-        await expect(total).to_have_text("1,203 held pending in all.")
+        await expect(total).to_have_text("1,204 held pending in all.")
         note = page.locator("#unattributed-held")
-        await expect(note).to_contain_text("For 1,203 of those held the hub could not tell whose clock was wrong")
+        await expect(note).to_contain_text("For 1,204 of those held the hub could not tell whose clock was wrong")
+        await expect(note.locator(f'details[data-agent="{vouched_id}"] [data-field="vouched-store"]')).to_contain_text(
+            "3 other stores sided with the hub's clock"
+        )
+        await expect(note.locator("[data-override]")).to_have_count(1)
+        await expect(note.locator(f'code[data-override][data-agent="{vouched_id}"]')).to_have_count(1)
         for agent_id, n in zip(agents, (held_n, other_n), strict=True):
             await expect(note.locator(f'details[data-agent="{agent_id}"] summary')).to_have_text(
                 f"{agent_id} — {n:,} held"

@@ -283,6 +283,7 @@ async def test_a_release_saying_the_hubs_clock_was_wrong_is_refused_when_the_oth
     async with stores.client.get("/v1/quarantine?format=csv", headers={"Authorization": f"Bearer {stores.reader}"}) as r:
         [header, cells] = list(csv.reader(io.StringIO(await r.text())))
     assert (header[-2:], cells[-1], cells[0]) == (["attrs", "hub_clock_vouched"], "2", str(row["id"])), "added last"
+    assert await vouched(stores) == {"store-1": 2}, "which store's a release as the hub's clock wrong refuses"
 
     # An admin sure the hub's clock was wrong all the same says so for one store's, in so many words.
     for body in (
@@ -303,3 +304,11 @@ async def test_a_release_saying_the_hubs_clock_was_wrong_is_refused_when_the_oth
     assert (own.occurred_at, own.attrs["released_by"]) == (row["occurred_at"], stores.admin_id), "at its own time"
     [applied] = await stores.held("?status=applied")
     assert applied["hub_clock_vouched"] == 2
+    assert await vouched(stores) == {}, "only what is pending"
+
+
+async def vouched(stores: Stores) -> dict[str, int]:
+    """GET /v1/quarantine's pending.vouched, as the dashboard reads it."""
+    async with stores.client.get("/v1/quarantine", headers={"Authorization": f"Bearer {stores.reader}"}) as r:
+        assert r.status == 200, await r.text()
+        return dict((await r.json())["pending"]["vouched"])
