@@ -45,6 +45,7 @@ from hub.storage.postgres.store import (
     RETRY_SQLSTATES,
     TX_ATTEMPTS,
     NoAnswer,
+    cut_off_after,
     redacted,
     server_says,
     session_settings,
@@ -124,15 +125,9 @@ class PostgresChannelState(SqlChannelState):
         except TimeoutError:
             self._unanswered = True
             raise TimeoutError(f"no connection came within {POOL_ACQUIRE_TIMEOUT_S:g} s") from None
-        silent: list[bool] = []
-
-        def cut_off() -> None:
-            silent.append(True)
-            conn.terminate()
-
-        timer = asyncio.get_running_loop().call_later(self._db_timeout_s, cut_off)
         try:
-            yield conn
+            with cut_off_after(conn, self._db_timeout_s) as silent:
+                yield conn
             self._unanswered = False
         except (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError) as err:
             self._unanswered = True
@@ -144,7 +139,6 @@ class PostgresChannelState(SqlChannelState):
                 conn.terminate()
             raise
         finally:
-            timer.cancel()
             await self._pool.release(conn)
 
     async def _read(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:

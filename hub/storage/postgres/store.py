@@ -28,7 +28,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Iterator
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -235,6 +235,23 @@ class NoAnswer(TimeoutError):  # an OSError: one of CONNECTION_ERRORS, the conne
         super().__init__(f"it did not answer within {waited_s:g} s (db_timeout_s), so the hub closed that connection")
 
 
+@contextlib.contextmanager
+def cut_off_after(conn: asyncpg.Connection, seconds: float) -> Iterator[list[bool]]:
+    """Close ``conn`` once ``seconds`` pass, which fails whatever awaits it at once (a cancelled query would wait on
+    a silent server for its cancellation, and then for the rollback). The list yielded holds True once it did."""
+    silent: list[bool] = []
+
+    def cut_off() -> None:
+        silent.append(True)
+        conn.terminate()
+
+    timer = asyncio.get_running_loop().call_later(seconds, cut_off)
+    try:
+        yield silent
+    finally:
+        timer.cancel()
+
+
 # A write the server refused as read-only, in the hub's words before the server's: after a failover the URL may
 # still lead to the old primary, a standby now, and "cannot execute COPY FROM in a read-only transaction" alone did
 # not read as "this server takes no writes". First in the sentence: the log keeps a request's first 120 characters.
@@ -406,17 +423,9 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
                 self._not_reached(TimeoutError())
                 raise NoNewConnection(redacted(self.url), POOL_ACQUIRE_TIMEOUT_S) from None
             raise PoolBusy(POOL_MAX_SIZE, POOL_ACQUIRE_TIMEOUT_S) from None
-        # Past db_timeout_s the connection is closed, which fails whatever awaits it at once (a cancelled query would
-        # wait on the silent server for its cancellation, and then for the rollback).
-        silent: list[bool] = []
-
-        def cut_off() -> None:
-            silent.append(True)
-            conn.terminate()
-
-        timer = asyncio.get_running_loop().call_later(self._db_timeout_s, cut_off)
         try:
-            yield conn
+            with cut_off_after(conn, self._db_timeout_s) as silent:  # past db_timeout_s
+                yield conn
         except CONNECTION_ERRORS as err:
             if silent:
                 raise NoAnswer(self._db_timeout_s) from err
@@ -434,7 +443,6 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
                 conn.terminate()
             raise
         finally:
-            timer.cancel()
             await self._pool.release(conn)
 
     # --- transactions ------------------------------------------------------
