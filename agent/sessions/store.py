@@ -365,12 +365,7 @@ class SessionStore(SqliteFile):
 
         def undo(conn: sqlite3.Connection) -> tuple[Line, bool]:
             _open_session(conn, session_id, "undo lines")
-            row = conn.execute(
-                f"SELECT {_LINE_COLUMNS} FROM lines WHERE session_id = ? AND no = ?", (session_id, no)
-            ).fetchone()
-            if row is None:
-                raise LineNotFound(session_id, no)
-            line = _line(row)
+            line = _line_at(conn, session_id, no)
             if line.by != by:
                 raise SessionConflict(
                     f"line {no} of session {session_id} was added by {line.by}; Undo takes back only your own lines"
@@ -392,12 +387,7 @@ class SessionStore(SqliteFile):
 
         def decide(conn: sqlite3.Connection) -> Line:
             session = _get(conn, session_id)
-            row = conn.execute(
-                f"SELECT {_LINE_COLUMNS} FROM lines WHERE session_id = ? AND no = ?", (session_id, no)
-            ).fetchone()
-            if row is None:
-                raise LineNotFound(session_id, no)
-            line = _line(row)
+            line = _line_at(conn, session_id, no)
             if line.held is None:
                 raise SessionConflict(f"line {no} of session {session_id} was not held; it counts as scanned")
             if line.decided_by is not None:
@@ -795,6 +785,14 @@ def _line_row(line: Line) -> tuple[Any, ...]:
         line.pack_size, None if line.disposition is None else line.disposition.value, int(line.unknown),
         int(line.undone), line.held, line.decided_by, int(line.rejected),
     )  # fmt: skip
+
+
+def _line_at(conn: sqlite3.Connection, session_id: str, no: int) -> Line:
+    """Line ``no`` of the session; ``LineNotFound`` when it has none."""
+    row = conn.execute(f"SELECT {_LINE_COLUMNS} FROM lines WHERE session_id = ? AND no = ?", (session_id, no)).fetchone()
+    if row is None:
+        raise LineNotFound(session_id, no)
+    return _line(row)
 
 
 def _line(row: Sequence[Any]) -> Line:
