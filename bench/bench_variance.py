@@ -91,11 +91,11 @@ async def run(url: str, locations: int, skus: int, runs: int) -> list[dict[str, 
 def _rows(backend: str, walks: list[dict[str, float]]) -> list[dict[str, Any]]:
     page1, page2 = median([w["page1_s"] for w in walks]), median([w["page2_s"] for w in walks])
     return [
-        {"metric": f"{backend}: page 1 (reads the period, ranks it, keeps the report)", "value": f"{page1:.3f} s",
+        {"measure": f"{backend}: page 1 (reads the period, ranks it, keeps the report)", "value": f"{page1:.3f} s",
          "baseline": "", "ratio": ""},
-        {"metric": f"{backend}: page 2 (from the kept report)", "value": f"{page2 * 1000:.1f} ms",
+        {"measure": f"{backend}: page 2 (from the kept report)", "value": f"{page2 * 1000:.1f} ms",
          "baseline": f"page 1 {page1:.3f} s", "ratio": f"{page2 / page1:.3f}"},
-        {"metric": f"{backend}: event loop held at most, page 1 / page 2",
+        {"measure": f"{backend}: event loop held at most, page 1 / page 2",
          "value": f"{median([w['held1_ms'] for w in walks]):.0f} / {median([w['held2_ms'] for w in walks]):.0f} ms",
          "baseline": "", "ratio": ""},
     ]  # fmt: skip
