@@ -799,8 +799,11 @@ class SqliteFile:
         # Disk space the running agent keeps for scans (agent.reserve): a write made with ``reserved=True`` that the
         # full disk refuses is made again after each step of it given back, until it is stored or the reserve spent.
         self.reserve: Reserve | None = None
-        # The wall ms of a write the disk refused for want of room, while no write has succeeded since (None: the
-        # disk took the last write): what the agent tells the hub of its disk (protocol.DiskReport.refused_ms).
+        # The wall ms of a write the disk refused for want of room, while no write that shows room has succeeded
+        # since (None: the disk took the last such write): what the agent tells the hub of its disk
+        # (protocol.DiskReport.refused_ms). A write made with ``shows_room=False`` (bookkeeping: a sync's answer,
+        # an acknowledgement) may fit in pages the file has already and proves nothing of the room new rows need:
+        # it clears the refusal only once the disk reserve is whole again (``_reserve_whole``).
         self.disk_refused_ms: int | None = None
 
     def _closed_error(self) -> Exception:
@@ -851,7 +854,14 @@ class SqliteFile:
         except sqlite3.Error as err:
             raise self._failure("read", err) from err
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T], *, small: bool = False, reserved: bool = False) -> T:
+    async def _write(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        small: bool = False,
+        reserved: bool = False,
+        shows_room: bool = True,
+    ) -> T:
         if self._closed:
             raise self._closed_error()
         while True:
@@ -863,8 +873,14 @@ class SqliteFile:
                 if disk_full(err):
                     self.disk_refused_ms = time.time_ns() // 1_000_000
                 raise self._failure("written", err) from err
-            self.disk_refused_ms = None
+            if self.disk_refused_ms is not None and (shows_room or self._reserve_whole()):
+                self.disk_refused_ms = None
             return result
+
+    def _reserve_whole(self) -> bool:
+        """No disk reserve, or it is whole again: the agent wrote it back, which it does only with as much room again
+        beside it (``Reserve.keep``), so the disk has room though no row was stored since the refusal."""
+        return self.reserve is None or not self.reserve.state().in_use
 
     async def _outside_transaction(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:

@@ -630,7 +630,14 @@ class Outbox(SqliteFile):
                 await self.check_file()
         await super().close()
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T], *, small: bool = False, reserved: bool = False) -> T:
+    async def _write(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        small: bool = False,
+        reserved: bool = False,
+        shows_room: bool = True,
+    ) -> T:
         if not self._closed and self._db.on_disk() != "same":
             await self.check_file()
         marks: list[int] = []
@@ -640,7 +647,7 @@ class Outbox(SqliteFile):
             marks[:] = _marks(conn)
             return result
 
-        result = await super()._write(marked, small=small, reserved=reserved)
+        result = await super()._write(marked, small=small, reserved=reserved, shows_room=shows_room)
         if marks:
             self._issued, self._acked = marks
         return result
@@ -988,7 +995,7 @@ class Outbox(SqliteFile):
         """Set the acknowledged mark to the hub's high-water mark (rewinding it if the hub's is lower),
         or fork to a new epoch if the hub's mark is not this outbox's history (see the module doc).
         ``hub_ms``: the hub's clock when it answered; with this machine's, acknowledgements age by it (``_age``)."""
-        result = await self._write(lambda conn: self._ack(conn, hwm, chain, (), hub_ms=hub_ms))
+        result = await self._write(lambda conn: self._ack(conn, hwm, chain, (), hub_ms=hub_ms), shows_room=False)
         self._after_ack(hwm, result)
         return result
 
@@ -1066,7 +1073,7 @@ class Outbox(SqliteFile):
                 due_settled=settled, rebound_lacks=rebound_lacks,
             )  # fmt: skip
 
-        result = await self._write(apply)
+        result = await self._write(apply, shows_room=False)
         self._after_ack(resp.hwm, result)
         if result.rebound_lacks is not None:
             first, last, was, acked_change = result.rebound_lacks
@@ -1489,7 +1496,8 @@ class Outbox(SqliteFile):
     def disk_report(self) -> DiskReport:
         """The disk this outbox is on, as the replicator tells the hub with each sync (``protocol.DiskReport``): the
         agent's disk reserve (``agent.reserve``; none: 0), its file system's free bytes (one ``statvfs``), and a
-        write the disk refused for want of room that no write of the outbox has succeeded since."""
+        write the disk refused for want of room that no write storing rows has succeeded since (a sync's answer or
+        an acknowledgement stored meanwhile clears it only once the disk reserve is whole again)."""
         reserve = self.reserve.state() if self.reserve is not None else None
         try:
             free: int | None = shutil.disk_usage(Path(self.path).parent).free
@@ -1556,7 +1564,8 @@ class Outbox(SqliteFile):
     async def note_sync_failure(self, state: str, message: str, *, hub_reachable: bool) -> None:
         """Remember why the last sync failed, for ``status``."""
         await self._write(
-            lambda conn: _set_meta(conn, sync_state=state, last_error=message, hub_reachable=int(hub_reachable))
+            lambda conn: _set_meta(conn, sync_state=state, last_error=message, hub_reachable=int(hub_reachable)),
+            shows_room=False,
         )
 
     # --- reading -----------------------------------------------------------

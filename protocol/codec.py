@@ -74,8 +74,8 @@ class DiskReport:
 
     ``reserve_bytes``: the disk reserve configured (0: none); ``reserve_held_bytes``: how much of it is on disk now;
     ``free_bytes``: the free bytes of the outbox's file system (None: could not be read); ``refused_ms``: the
-    agent's wall ms of a write the disk refused for want of room when no write of that file has succeeded since
-    (None: the disk took the agent's last write)."""
+    agent's wall ms of a write the disk refused for want of room when no write storing rows in that file has
+    succeeded since (None: the disk took the agent's last such write, or its reserve is whole again)."""
 
     reserve_bytes: int
     reserve_held_bytes: int

@@ -142,6 +142,38 @@ async def test_requests_report_the_disk_its_reserve_and_a_write_the_full_disk_re
         assert hub.requests[-1].disk.refused_ms is None
 
 
+async def test_a_sync_answer_stored_after_a_refused_write_does_not_say_the_disk_has_room(
+    outbox: Outbox, tmp_path: Path
+) -> None:
+    """A full disk still takes writes that fit in pages the file has (a sync's answer, an acknowledgement): while
+    the disk reserve is in use they do not clear the refusal, or the hub would be told "ok" between two heartbeats
+    while scans are refused. A row stored clears it; so does the reserve made whole (room for it twice over)."""
+    reserve = Reserve(tmp_path / "outbox.sqlite3", 256 << 10, step=64 << 10)
+    await reserve.start()
+    outbox.reserve = reserve
+    await outbox.record([sale()])
+    assert await reserve.give(str(outbox.path))  # a step given back to a full disk: the reserve is in use
+    await outbox._db.outside_transaction(sqlite_full)
+    with pytest.raises(OutboxFull):
+        await outbox.record([sale()] * 2_000)
+    refused = outbox.disk_report().refused_ms
+    assert refused is not None
+    await outbox.note_sync_failure("unreachable", "no route", hub_reachable=False)
+    await outbox.mark_acked(1)
+    assert outbox.disk_report().refused_ms == refused
+    await outbox._db.outside_transaction(lambda conn: conn.execute("PRAGMA max_page_count = 1073741823"))
+    await outbox.record([sale()])  # rows stored: the disk has room again
+    assert outbox.disk_report().refused_ms is None
+
+    await outbox._db.outside_transaction(sqlite_full)
+    with pytest.raises(OutboxFull):
+        await outbox.record([sale()] * 2_000)
+    assert outbox.disk_report().refused_ms is not None
+    assert await reserve.keep()  # the agent made its reserve whole: the disk has room
+    await outbox.note_sync_failure("unreachable", "no route", hub_reachable=False)
+    assert outbox.disk_report().refused_ms is None
+
+
 async def test_a_hub_older_than_the_disk_report_gets_the_requests_without_it(
     hub: FakeHub, outbox: Outbox, caplog: pytest.LogCaptureFixture
 ) -> None:
