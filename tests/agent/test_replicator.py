@@ -321,7 +321,8 @@ async def test_a_hub_that_never_answers_expect_gets_the_catch_up_batches_without
     hub.silent_expects = 1
     await outbox.record([sale(f"SKU-{n % 50}") for n in range(15_000)])  # catching up: 10,000, then 5,000
     with caplog.at_level(logging.WARNING, logger="agent.replicator"):
-        async with fast(outbox, hub, batch_size=5_000, timeout_s=1.0) as replicator:
+        # One silent wait of timeout_s; a busy machine must still post 10,000 events within it.
+        async with fast(outbox, hub, batch_size=5_000, timeout_s=3.0) as replicator:
             await until(replicator, lambda s: s.sent_events == 15_000)
     assert len(hub.unanswered) == 1 and hub.unanswered[0] > SYNC_CATCHUP_BYTES
     assert [(len(seen.seqs), seen.expect) for seen in hub.requests if seen.seqs] == [(10_000, False), (5_000, False)]
