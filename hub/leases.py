@@ -66,7 +66,7 @@ class LockConnections:
         if kind not in self._made:
             from hub.storage.postgres.leases import LockConnection  # the driver loads only for a PostgreSQL hub
 
-            self._made[kind] = LockConnection(self.db, self.stale_s)
+            self._made[kind] = LockConnection(self.db, self.stale_s, f"locks-{kind}")
         return self._made[kind]
 
 

@@ -81,7 +81,7 @@ class PostgresChannelState(SqlChannelState):
         try:
             pool = await asyncpg.create_pool(
                 url, min_size=POOL_MIN_SIZE, max_size=POOL_MAX_SIZE, timeout=CONNECT_TIMEOUT_S,
-                server_settings=session_settings(url),  # the hub store's bounds on a stalled or vanished hub
+                server_settings=session_settings(url, "channel-state"),  # the hub store's bounds on a stalled or vanished hub
             )  # fmt: skip
         except (*DB_ERRORS, ValueError) as err:
             raise StoreError(f"cannot open the channel state in {where}: {err or type(err).__name__}") from err

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 import urllib.error
 import urllib.request
@@ -506,3 +507,51 @@ async def test_a_slow_push_within_its_timeout_is_not_taken_for_a_stuck_pusher(
 def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("http_proxy", raising=False)
     monkeypatch.delenv("HTTP_PROXY", raising=False)
+
+
+async def test_each_hubs_sessions_name_the_hub_and_the_pool_in_pg_stat_activity(
+    tmp_path: Path, square: SquareEmulator, pg_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every hub process connected as ``shelfsync-hub``, so an operator looking at ``pg_stat_activity`` on a database
+    several hubs share could not tell which hub held a session or a lock, nor what for. Each session names its hub
+    (host and process id) and its pool: the requests', the channel state's, and each kind's lock connection."""
+    _, _, _, _, config = await _leased_channel(tmp_path, square, pg_db, monkeypatch)
+    config.write_text(
+        config.read_text(encoding="utf-8")
+        + f'\n[[webhooks]]\nname = "shop"\nurl = "http://127.0.0.1:{free_port()}/hook"\nsecret = "s3cret-for-the-shop"\n',
+        encoding="utf-8",
+    )
+    pools = {"requests", "channel-state", "locks-channels", "locks-webhooks"}
+    first, second = _two_hubs(tmp_path, config, pg_db)
+    conn = await asyncpg.connect(pg_db)
+    try:
+        for hub in (first, second):
+            await asyncio.to_thread(hub.start)
+
+        async def named() -> dict[int, set[str]]:
+            """The pools of each of the two hubs' sessions (other hubs may share the server: left out)."""
+            rows = await conn.fetch(
+                "SELECT application_name FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name LIKE 'shelfsync-hub %'"
+            )
+            seen: dict[int, set[str]] = {}
+            for row in rows:
+                prefix, host_pid, pool = row["application_name"].split(" ", 2)
+                host, _, pid = host_pid.rpartition(":")
+                if pid in (str(first.pid), str(second.pid)):
+                    assert prefix == "shelfsync-hub" and host == socket.gethostname(), row["application_name"]
+                    seen.setdefault(int(pid), set()).add(pool)
+            return seen
+
+        async def every_pool_named() -> bool:
+            seen = await named()
+            return all(seen.get(hub.pid, set()) >= pools for hub in (first, second))
+
+        await wait_until(every_pool_named, "each hub's sessions show its host, process id and pool", TAKEOVER_S)
+        seen = await named()
+        assert seen[first.pid] == seen[second.pid] == pools
+    finally:
+        await conn.close()
+        for hub in (first, second):
+            hub.close()
+    assert_logs_clean(tmp_path)

@@ -26,6 +26,7 @@ from hub.heartbeat import Heartbeat
 from hub.leases import LeaseHolder, LocalLeases, Words, lead
 from hub.storage.base import StoreError, WebhookState
 from hub.storage.postgres.leases import LEASE_STALE_S, Leases, LockConnection
+from hub.storage.postgres.store import application_name
 from hub.webhook_spec import WebhookSpec
 from hub.webhooks import WebhookStatus, _WebhookJob
 from protocol.retry import Backoff
@@ -375,7 +376,7 @@ async def test_the_lock_connection_is_noticed_gone_as_the_hub_stores_sessions_ar
             "tcp_keepalives_idle": "30", "tcp_keepalives_interval": "10", "tcp_keepalives_count": "5",
             "tcp_user_timeout": "60000",
         }  # fmt: skip
-        assert await conn.fetchval("SELECT current_setting('application_name')") == "shelfsync-hub"
+        assert await conn.fetchval("SELECT current_setting('application_name')") == application_name("locks")
     finally:
         await leases.close()
 
@@ -457,6 +458,25 @@ async def test_a_holder_that_checks_its_locks_keeps_them_however_long_it_holds_t
     finally:
         await other.close()
     assert "has been silent" not in caplog.text
+
+
+async def test_a_silent_holder_of_a_hub_of_the_earlier_version_is_ended_too(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Hubs before the sessions named their host and pool called each session ``shelfsync-hub`` alone: while hubs
+    are upgraded one at a time, a paused one of those is still a hub, and its lock is taken over."""
+    caplog.set_level(logging.INFO)
+    earlier = await asyncpg.connect(pg_url, server_settings={"application_name": "shelfsync-hub"})
+    other = _leases(pg_url, 0.5)
+    try:
+        await earlier.execute(
+            "SELECT pg_advisory_lock(hashtextextended('shelfsync.test.job.' || current_schema() || '.shop', 0))"
+        )
+        assert await _tries(other, "shop", BOUND_S), "the lock of a silent hub of the earlier version was never taken"
+        assert "has been silent for" in caplog.text
+    finally:
+        await other.close()
+        earlier.terminate()
 
 
 async def test_a_session_not_a_hubs_holding_a_lock_is_never_ended(

@@ -169,7 +169,7 @@ async def test_a_hub_stalled_in_a_transaction_delays_the_others_ingest_boundedly
             # idle in a transaction holding the change counter's row lock, which every ingest takes last.
             stalled = await asyncpg.connect(  # a session of that other hub: the same settings as this one's
                 pg_url.split("?")[0],
-                server_settings={**postgres_store.session_settings(pg_url), **with_search_path(pg_url)},
+                server_settings={**postgres_store.session_settings(pg_url, "requests"), **with_search_path(pg_url)},
             )
             try:
                 await stalled.execute("BEGIN; UPDATE change_counter SET last_id = last_id")

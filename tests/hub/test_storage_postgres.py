@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import re
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,28 @@ async def test_an_unreachable_server_is_one_clear_error(pg_server: str) -> None:
         DatabaseUnreachable, match=r"cannot reach the hub database postgresql://hub:\*\*\*@127.0.0.1:1/hub"
     ):
         await PostgresHubStore.open("postgresql://hub:secret@127.0.0.1:1/hub")
+
+
+async def test_a_long_host_name_leaves_the_sessions_process_id_and_pool_whole(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL shows at most 63 bytes of an application_name, and any byte not printable ASCII as "?": a hub on a
+    host with a long name would have had the end of its sessions' names, its process id and pool, cut off."""
+    monkeypatch.setattr(
+        socket, "gethostname", lambda: "warehouse-hub-with-a-very-long-name-é.eu-west-3.compute.example"
+    )
+    async with PostgresHubStore.open(pg_url):
+        conn = await asyncpg.connect(pg_url)
+        try:
+            shown = await conn.fetch(
+                "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE $1", f"%:{os.getpid()} %"
+            )
+        finally:
+            await conn.close()
+    (name,) = [r[0] for r in shown]  # the pool's one connection (POOL_MIN_SIZE)
+    assert name.startswith("shelfsync-hub warehouse-hub-with-a-") and name.endswith(f":{os.getpid()} requests")
+    assert "?" not in name and "." not in name, name  # the domain gone, then the name's end
+    assert len(name) == 63 - len("locks-webhooks") + len("requests")  # the longest pool's name would fit too
 
 
 async def test_every_migration_is_recorded_and_an_old_schema_is_brought_forward(pg_url: str) -> None:

@@ -35,7 +35,7 @@ import logging
 import asyncpg
 
 from hub.storage.base import StoreError
-from hub.storage.postgres.store import CONNECT_TIMEOUT_S, SERVER_SETTINGS, redacted, session_settings
+from hub.storage.postgres.store import APPLICATION_NAME, CONNECT_TIMEOUT_S, redacted, session_settings
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ LEASE_STALE_S = 30.0
 LOCK_SESSION_SETTINGS = {"idle_session_timeout": "0"}
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
 LEASE_KEY_SQL = "hashtextextended('shelfsync.' || $1 || '.' || current_schema() || '.' || $2, 0)"
-# The session holding the lock of key LEASE_KEY_SQL, when it is a hub's (its application_name: an operator's psql is
-# never ended) and has been idle, not running one query, for $3 seconds by the server's clock. pg_locks shows an
+# The session holding the lock of key LEASE_KEY_SQL, when it is a hub's (its application_name "shelfsync-hub HOST:PID
+# POOL", or "shelfsync-hub" alone from a hub of an earlier version: an operator's psql is never ended) and has been idle, not running one query, for $3 seconds by the server's clock. pg_locks shows an
 # advisory lock's 64-bit key as two 32-bit halves. A session of another role shows no state (NULL), nor does any
 # session on a server with track_activities off ('disabled'): never ended, the locks stay where they are.
 STALE_HOLDER_SQL = (
@@ -61,7 +61,8 @@ STALE_HOLDER_SQL = (
     "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
     "AND l.classid::int8 = (key.k >> 32) & 4294967295 AND l.objid::int8 = key.k & 4294967295 "
     "JOIN pg_stat_activity a ON a.pid = l.pid "
-    "WHERE a.pid <> pg_backend_pid() AND a.application_name = $4 AND a.state = 'idle' "
+    "WHERE a.pid <> pg_backend_pid() AND (a.application_name = $4 OR starts_with(a.application_name, $4 || ' ')) "
+    "AND a.state = 'idle' "
     "AND a.state_change < clock_timestamp() - make_interval(secs => $3)"
 )
 # Ends that session, unless it ran a query since it was seen silent (then it is alive: left alone).
@@ -85,11 +86,13 @@ class LockConnection:
     it. Its queries run one at a time (a
     connection runs one query at a time, and the kinds' loops run side by side). ``generation`` counts the
     connections made: locks taken on an earlier one went with it, whichever kind's failure dropped it. ``stale_s``:
-    how long another hub's lock connection may stay silent before this hub ends it to take a lock it holds."""
+    how long another hub's lock connection may stay silent before this hub ends it to take a lock it holds.
+    ``pool``: what its sessions' application_name calls it (``locks-channels``), for an operator's pg_stat_activity."""
 
-    def __init__(self, url: str, stale_s: float = LEASE_STALE_S) -> None:
+    def __init__(self, url: str, stale_s: float = LEASE_STALE_S, pool: str = "locks") -> None:
         self.url = url
         self.stale_s = stale_s
+        self.pool = pool
         self.where = redacted(url)
         self.generation = 0
         self._conn: asyncpg.Connection | None = None
@@ -113,7 +116,7 @@ class LockConnection:
                     # lock on it, between two checks, so the jobs would flap from hub to hub (LOCK_SESSION_SETTINGS).
                     conn = await asyncpg.connect(
                         self.url, timeout=CONNECT_TIMEOUT_S,
-                        server_settings={**session_settings(self.url), **LOCK_SESSION_SETTINGS},
+                        server_settings={**session_settings(self.url, self.pool), **LOCK_SESSION_SETTINGS},
                     )  # fmt: skip
                 except (*DB_ERRORS, ValueError) as err:
                     raise StoreError(
@@ -227,7 +230,7 @@ class Leases:
         said = what[:1].upper() + what[1:]  # a sentence's first word
         try:
             row = await self._shared.fetchrow(
-                conn, STALE_HOLDER_SQL, self._kind, name, self._shared.stale_s, SERVER_SETTINGS["application_name"]
+                conn, STALE_HOLDER_SQL, self._kind, name, self._shared.stale_s, APPLICATION_NAME
             )
             if row is None:
                 return

@@ -26,7 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Iterator
 from typing import Any, TypeVar
@@ -87,7 +89,12 @@ RETRY_MAX_S = 0.5
 # Aborted by PostgreSQL so that another transaction could go on: run it again.
 RETRY_SQLSTATES = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
 UNIQUE_VIOLATION = "23505"  # an event id another hub stored meanwhile: the retry sees it as stored
-SERVER_SETTINGS = {"application_name": "shelfsync-hub"}
+# Every hub session's application_name: this, then the hub's host and process id and the pool the session is of
+# ("shelfsync-hub HOST:PID POOL", application_name()), so pg_stat_activity says which hub holds a session or a lock,
+# and what for. Another hub ends a silent lock connection only when its name starts so (hub.storage.postgres.leases).
+APPLICATION_NAME = "shelfsync-hub"
+APPLICATION_NAME_MAX_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1: pg_stat_activity shows no more of a longer name
+POOL_NAME_MAX = len("locks-webhooks")  # the longest pool's name
 # A hub's clock this far from the database server's is named in the log at start: every hub judges event times by
 # its own clock (the clock window), and the server's is the one clock the hubs share.
 CLOCK_OFFSET_WARN_MS = 5_000
@@ -133,11 +140,32 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)))
 
 
-def session_settings(url: str) -> dict[str, str]:
-    """The settings a hub store connection is opened with: ``SESSION_DEFAULTS`` but those the URL sets itself
-    (asyncpg sends the URL's own), and ``SERVER_SETTINGS``."""
+def process_name() -> str:
+    """``HOST:PID``: this hub process as its sessions' application_name names it (``application_name``), in
+    printable ASCII (PostgreSQL shows any other byte as "?"). A host name too long for the name of the longest pool
+    to fit within ``APPLICATION_NAME_MAX_BYTES`` loses its domain, then its end: the process id and the pool are
+    what tell two sessions apart, and are always whole; the same for every pool, so one process is one name."""
+    pid = str(os.getpid())
+    host = "".join(c for c in socket.gethostname() if "!" <= c <= "~") or "?"
+    room = APPLICATION_NAME_MAX_BYTES - len(f"{APPLICATION_NAME} :{pid} ") - POOL_NAME_MAX
+    if len(host) > room:
+        host = host.split(".", 1)[0][: max(1, room)]
+    return f"{host}:{pid}"
+
+
+def application_name(pool: str) -> str:
+    """``shelfsync-hub HOST:PID POOL``: the application_name of this hub process's sessions of ``pool``
+    ("requests", "channel-state", "locks-channels", "locks-webhooks"; at most ``POOL_NAME_MAX`` characters)."""
+    return f"{APPLICATION_NAME} {process_name()} {pool[:POOL_NAME_MAX]}"
+
+
+def session_settings(url: str, pool: str) -> dict[str, str]:
+    """The settings a hub connection of ``pool`` is opened with: ``SESSION_DEFAULTS`` but those the URL sets itself
+    (asyncpg sends the URL's own), and its ``application_name`` (the hub's, whatever the URL says: other hubs know
+    a hub's lock connection by it)."""
     given = parse_qs(urlsplit(url).query)
-    return {**{k: v for k, v in SESSION_DEFAULTS.items() if k not in given}, **SERVER_SETTINGS}
+    defaults = {k: v for k, v in SESSION_DEFAULTS.items() if k not in given}
+    return {**defaults, "application_name": application_name(pool)}
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -356,7 +384,7 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
                 min_size=POOL_MIN_SIZE,
                 max_size=POOL_MAX_SIZE,
                 timeout=CONNECT_TIMEOUT_S,
-                server_settings=session_settings(url),
+                server_settings=session_settings(url, "requests"),
                 reset=_keep_session,
             )
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError, ValueError) as err:
