@@ -30,6 +30,7 @@ from hub import (
     metrics,
     openapi,
     paging,
+    peer_settings,
     problems,
     proxies,
     quarantine,
@@ -288,6 +289,7 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
         app, store, settings.change_recheck_s, settings.feed_read_rows_per_s, settings.feed_read_burst
     )
     metrics.setup(app, settings.exception_windows())  # GET /metrics
+    peer_settings.setup(app, settings)  # at start: which settings differ from another running hub's (PostgreSQL)
     if settings.webhooks or settings.channels:  # on PostgreSQL, their lock connection, with the hub's lease_stale_s
         share_locks(app, settings.db, settings.lease_stale_s)
     webhooks.setup(app, settings.webhooks, settings.db)  # GET /v1/webhooks, GET /v1/webhooks/{name}/deliveries

@@ -91,7 +91,7 @@ JSON = dict[str, Any]
 OPENAPI_VERSION = "3.1.0"
 # The contract's own version: 1.<minor>.<patch>. A minor step adds (fields, routes, optional parameters); a patch
 # step only rewords. Anything that would break a client waits for /v2 (docs/hub-api.md, "API versions").
-API_VERSION = "1.12.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1.2: SKUs are never "." or "..", 429 on CSV;
+API_VERSION = "1.13.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 1.2: SKUs are never "." or "..", 429 on CSV;
 # 1.3: GET /v1/exceptions takes kind and since, and its cursors go with their filters
 # downloads past their cap, and the 405, 408 and 417 every route can answer listed
 # 1.4: the exception kind agent_copies (two copies of one agent sending at once)
@@ -148,6 +148,8 @@ API_VERSION = "1.12.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 
 #      CSV's last column hub_clock_vouched;
 #      a webhook's aside in GET /v1/webhooks and the status (this hub leaves it to hubs started with a newer entry);
 #      GET /v1/quarantine's pending.vouched (per agent, the most hub_clock_vouched of its unattributed held events)
+# 1.13: GET /v1/status answers settings_differ (the settings that judge events in which this hub differs from another
+#      hub process running on the same PostgreSQL database; empty: none)
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -1335,7 +1337,7 @@ ANSWER_EXAMPLES: Mapping[str, Any] = {
     "getStatus": {"hub_time_ms": _AT_MS, "hub_time": _AT, "you": "agent-0c0d0e0f", "online_within_s": 300,
                   "db": {"ok": True}, "feed": {"cursor": "1042", "last_change_ms": _AT_MS, "last_change": _AT},
                   "agents": [{**_AGENT_STATUS, "last_sync_age_s": 0, "online": True, "events_last_hour": 312}],
-                  "webhooks": [_WEBHOOK], "hub_clock": None},
+                  "webhooks": [_WEBHOOK], "hub_clock": None, "settings_differ": []},
     "getQuarantine": {"quarantine": [_HELD], "next": None, "pending": {"total": 1, "hub_clock": 0, "unattributed": {_AGENT: 1}, "vouched": {}}},
     "resolveQuarantined": {"quarantine": {**_HELD, "status": "applied", "resolved_by": _ADMIN,
                                           "resolved_at_ms": _AT_MS + 60_000}},
@@ -1511,7 +1513,18 @@ def _schemas() -> dict[str, JSON]:
                 "asked": integer(2, description="The agents that synced in the last 10 minutes."),
                 "message": string("One sentence saying so, and what to do."),
             }, ["offset_ms", "agents", "asked", "message"])),
-        }, ["hub_time_ms", "hub_time", "you", "online_within_s", "db", "feed", "agents", "webhooks", "hub_clock"]),
+            "settings_differ": array(obj({
+                "setting": string("The setting: a [hub] key, or `channel NAME buffer` / `channel NAME pool`."),
+                "this_hub": string("Its value at this hub, as a text (`not set`: this hub has no such channel)."),
+                "other_hub": string("Its value at the other hub."),
+                "hub": string("The other hub process, `HOST:PID` (its PostgreSQL sessions' application_name)."),
+                "message": string("One sentence saying so, and what to do."),
+            }, ["setting", "this_hub", "other_hub", "hub", "message"]), description=(
+                "Since 1.13: each setting that judges events in which this hub differs from another hub process "
+                "running on the same PostgreSQL database; empty when none does (always, on SQLite)."
+            )),
+        }, ["hub_time_ms", "hub_time", "you", "online_within_s", "db", "feed", "agents", "webhooks", "hub_clock",
+            "settings_differ"]),
         "QuarantinedEvent": obj({
             "id": integer(1), "event_id": uuid_text, "agent_id": string(), "epoch": integer(0), "seq": integer(0),
             "location": string(), "sku": string(), "kind": known(kinds), "qty": integer(),

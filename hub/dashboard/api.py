@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hub import csvexport, paging, views
+from hub import csvexport, paging, peer_settings, views
 from hub.auth import STORE_KEY, identity_of
 from hub.clock_window import HUB_CLOCK_RECENT_MS, hub_clock_suspicion
 from hub.metrics import events_last_hour
@@ -47,6 +47,10 @@ async def get_status(request: web.Request) -> web.Response:
     except StoreError as err:
         db = {"ok": False, "error": str(err)}
     agents = await store.agent_status()
+    try:
+        differ = await peer_settings.settings_differ(request.app)
+    except StoreError:  # the database's health above says why
+        differ = []
     latest = await store.latest_change_id()
     newest = await store.changes(latest - 1, 1) if latest else []
     return web.json_response(
@@ -63,6 +67,7 @@ async def get_status(request: web.Request) -> web.Response:
             },
             "agents": [agent_summary(request.app, r, now_ms) for r in agents],
             "hub_clock": hub_clock(agents, now_ms),
+            "settings_differ": differ,
             "webhooks": webhook_statuses(request.app) if WEBHOOKS_KEY in request.app else [],
         },
         dumps=views.dumps,

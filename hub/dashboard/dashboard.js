@@ -611,8 +611,11 @@
         "Offline or never synced", h("span", { class: "n" }, NUM.format(down.length))));
     // The agents that synced lately agree the hub's own clock is off (hub_clock in GET /v1/status): said above the
     // stores, whose clock skews below then read as the hub's error, not theirs.
+    // Another hub on the same database judges the stores by other settings (settings_differ): said there too, once
+    // per setting and hub.
     const hubClock = h("div", { id: "hub-clock-slot" },
-      st.hub_clock ? h("p", { class: "warn-note", id: "hub-clock", role: "alert" }, st.hub_clock.message) : null);
+      st.hub_clock ? h("p", { class: "warn-note", id: "hub-clock", role: "alert" }, st.hub_clock.message) : null,
+      ...(st.settings_differ || []).map((d) => h("p", { class: "warn-note settings-differ" }, d.message)));
     const othersNote = h("div", { id: "stores-others" },
       others ? h("p", { class: "muted" }, `${others} reader, admin or revoked credential(s) are not listed.`) : null);
     if (ss.root && ss.root.isConnected && ss.view === filter) { // a live change: the page drawn is updated in place

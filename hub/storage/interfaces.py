@@ -429,10 +429,20 @@ class BundleStore(Protocol):
 
 
 class HealthStore(Protocol):
-    """Whether the database answers, and what it is."""
+    """Whether the database answers, and what it is; and the other hub processes sharing it (schema version 33)."""
 
     @abc.abstractmethod
     async def health(self) -> dict[str, Any]: ...
+
+    async def share_settings(self, settings: Mapping[str, str]) -> dict[str, dict[str, str]]:
+        """Keep this hub process's ``settings`` (``hub.peer_settings``) for the other hub processes sharing the
+        database, forget those of hub processes no longer running, and return the others' that still run (their
+        ``HOST:PID`` -> their settings). A SQLite file has one hub process: none."""
+        return {}
+
+    async def other_hubs_settings(self) -> dict[str, dict[str, str]]:
+        """The settings of the other hub processes running on the database, as ``share_settings`` returns them."""
+        return {}
 
 
 class RebookingStore(CatalogStore, IngestStore, Protocol):

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import random
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Iterator, Mapping
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -166,6 +167,22 @@ def session_settings(url: str, pool: str) -> dict[str, str]:
     given = parse_qs(urlsplit(url).query)
     defaults = {k: v for k, v in SESSION_DEFAULTS.items() if k not in given}
     return {**defaults, "application_name": application_name(pool)}
+
+
+# A hub process of hub_processes (alias h) is running while it has a session on this database.
+HUB_RUNNING_SQL = (
+    "EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = current_database() "
+    f"AND starts_with(a.application_name, '{APPLICATION_NAME} ' || h.name || ' '))"
+)
+
+
+async def _other_hubs(conn: asyncpg.Connection, name: str) -> dict[str, dict[str, str]]:
+    """The settings of the hub processes but ``name`` that are running (``HUB_RUNNING_SQL``), by name."""
+    rows = await conn.fetch(
+        f"SELECT h.name, h.settings FROM hub_processes h WHERE h.name <> $1 AND {HUB_RUNNING_SQL} ORDER BY h.name",
+        name,
+    )
+    return {row["name"]: {str(k): str(v) for k, v in json.loads(row["settings"]).items()} for row in rows}
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -624,6 +641,24 @@ class PostgresHubStore(SqlHubStore[PostgresDb]):
 
     async def _lock_hub_clock(self, db: PostgresDb) -> None:
         await db.conn.execute(HUB_CLOCK_LOCK)  # a statement of its own: see hub.storage.postgres.ingest
+
+    async def share_settings(self, settings: Mapping[str, str]) -> dict[str, dict[str, str]]:
+        name = process_name()
+
+        async def work(conn: asyncpg.Connection) -> None:
+            await conn.execute(f"DELETE FROM hub_processes h WHERE h.name <> $1 AND NOT {HUB_RUNNING_SQL}", name)
+            await conn.execute(
+                "INSERT INTO hub_processes (name, started_ms, settings) VALUES ($1, $2, $3) "
+                "ON CONFLICT (name) DO UPDATE SET started_ms = EXCLUDED.started_ms, settings = EXCLUDED.settings",
+                name, wall_ms_now(), json.dumps(dict(settings), sort_keys=True),
+            )  # fmt: skip
+
+        await self._write("sharing this hub's settings", work)
+        # Read once committed: of two hubs starting at once, the second to commit sees the first's row.
+        return await self.other_hubs_settings()
+
+    async def other_hubs_settings(self) -> dict[str, dict[str, str]]:
+        return await self._read("reading the other hubs' settings", lambda conn: _other_hubs(conn, process_name()))
 
     async def health(self) -> dict[str, Any]:
         async def work(conn: asyncpg.Connection) -> dict[str, Any]:
