@@ -540,7 +540,7 @@ async def _release_hub_clock(app: web.Application, *, right: bool = True) -> Non
     try:
         if right:
             await app[STORE_KEY].hub_clock_right()
-        await app[STORE_KEY].release_hub_clock(app[SETTINGS_KEY].clock_window_s * 1000, RELEASED_BY_HUB)
+        await app[STORE_KEY].release_hub_clock(app[SETTINGS_KEY].clock_window_s * 1000, RELEASED_BY_HUB, if_right=True)
     except StoreError as err:
         log.error("Could not release the events held because of the hub's own clock: %s.", err)
     else:

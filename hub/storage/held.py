@@ -262,6 +262,18 @@ async def note_right(db: Db, now_ms: int) -> None:
     await db.execute("UPDATE hub_clock_finding SET right_at_ms = ? WHERE id = 1 AND right_at_ms IS NULL", (now_ms,))
 
 
+# A write holding events because of the hub's clock, which its hub process found off (``IngestTx.note_hub_clock_off``):
+# the finding kept for every hub process says so as that write commits, unless it says so already or the hub's clock
+# was found right again after the write was judged (then the caller releases what it held). Parameters: the offset,
+# the write's time, its time when it was judged, HUB_CLOCK_AGREE_MS.
+NOTE_OFF_SQL = (
+    "INSERT INTO hub_clock_finding (id, offset_ms, found_at_ms, right_at_ms) VALUES (1, ?, ?, NULL) "
+    "ON CONFLICT (id) DO UPDATE SET offset_ms = excluded.offset_ms, found_at_ms = excluded.found_at_ms, "
+    "right_at_ms = NULL WHERE hub_clock_finding.right_at_ms <= ? OR (hub_clock_finding.right_at_ms IS NULL "
+    "AND abs(hub_clock_finding.offset_ms - excluded.offset_ms) > ?)"
+)
+
+
 def finding_covers(found: HubClockFinding, judged_ms: int, skew_ms: int) -> bool:
     """Whether an event held by a hub that did not know its clock off, judged at its time ``judged_ms`` from a
     sender whose clock was ``skew_ms`` off its own, is one the marking of ``found`` takes (``mark_hub_clock``): its
@@ -273,6 +285,16 @@ def finding_covers(found: HubClockFinding, judged_ms: int, skew_ms: int) -> bool
         and found.found_at_ms - HUB_CLOCK_RECENT_MS <= judged_ms <= found.found_at_ms + HUB_CLOCK_RECENT_MS
         and (found.right_at_ms is None or judged_ms < found.right_at_ms)
     )
+
+
+async def releasable_hub_clock_ids(db: Db) -> list[int]:
+    """``pending_ids(hub_clock=True)``, or none while the finding kept for every hub process says the hub's clock is
+    off (``HubClockFinding.right_at_ms`` None): a hub process found it off again since the release was decided (or
+    before its marking was written), and what it holds waits for the clock to be found right. Read in one snapshot
+    with the finding: an event held knowing the clock off is written with the finding (``NOTE_OFF_SQL``)."""
+    ids = await pending_ids(db, hub_clock=True)
+    found = finding(await db.fetchone(FINDING_SQL, ()))
+    return [] if found is not None and found.right_at_ms is None else ids
 
 
 async def pending_ids(db: Db, *, hub_clock: bool, agent_id: str | None = None) -> list[int]:

@@ -250,9 +250,10 @@ class Batch:
     # The hub's own clock was this far off its stores' at receipt, the sender's with them (schema version 23):
     # kept with the events held, which are released at their own time once the hub's clock is right.
     hub_clock_off_ms: int | None = None
-    # When something was held and the hub did not know its clock off: its time when it judged the batch (an
-    # other hub's finding may cover it, ``hub.storage.held.finding_covers``), and how many other stores put its clock right
-    # then (``ClockWindow.vouched``; schema version 32).
+    # When something was held: the hub's time when it judged the batch (not knowing its clock off, another hub's
+    # finding may cover it, ``hub.storage.held.finding_covers``; knowing it, the finding may have been found right
+    # since, ``IngestTx.note_hub_clock_off``); when the hub did not know its clock off, how many other stores put its
+    # clock right then (``ClockWindow.vouched``; schema version 32).
     judged_ms: int | None = None
     hub_clock_vouched: int | None = None
 
@@ -398,6 +399,13 @@ class IngestTx(Protocol):
         marking of what was held under way in another (``SqlHubStore.hub_clock_found``), whose lock it holds until
         the commit: a held event is either marked by that marking or reads its finding."""
 
+    async def note_hub_clock_off(self, offset_ms: int, now_ms: int, judged_ms: int) -> HubClockFinding | None:
+        """Before holding events because of the hub's clock, which this hub process found ``offset_ms`` off when it
+        judged them at its time ``judged_ms``: have the finding kept for every hub process say so with this write
+        (``hub.storage.held.NOTE_OFF_SQL``; its own marking, ``SqlHubStore.hub_clock_found``, may come after), so
+        that no release reads the held events without it. Returns the finding as it is now (None only if it could
+        not be read back): found right again after ``judged_ms`` (by another hub process), it stays so."""
+
     # Bundles (schema version 6):
 
     async def bundle_book(self, skus: Collection[str] | None) -> dict[str, BundleParts]:
@@ -502,7 +510,7 @@ def prepare_batch(
         credential=credential,
         disk=disk,
         hub_clock_off_ms=None if clock is None or not held else clock.hub_off_ms,
-        judged_ms=None if clock is None or not held or clock.hub_off_ms is not None else clock.now_ms,
+        judged_ms=None if clock is None or not held else clock.now_ms,
         hub_clock_vouched=None if clock is None or not held or clock.hub_off_ms is not None else clock.vouched,
     )
 
@@ -836,7 +844,12 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
     release_hub_clock = False
     if quarantined:
         off_ms = batch.hub_clock_off_ms
-        if off_ms is None and batch.judged_ms is not None and batch.sent_ms is not None:
+        if off_ms is not None and batch.judged_ms is not None:
+            # held knowing the hub's clock off: marked, with the finding, in this commit; released by the caller
+            # when the hub's clock was found right meanwhile
+            found = await tx.note_hub_clock_off(off_ms, now_ms, batch.judged_ms)
+            release_hub_clock = found is not None and found.right_at_ms is not None
+        elif off_ms is None and batch.judged_ms is not None and batch.sent_ms is not None:
             # judged by a hub that did not know its clock off: another may have found it, and marked what it held
             found = await tx.hub_clock_finding()
             if found is not None and finding_covers(found, batch.judged_ms, now_ms - batch.sent_ms):

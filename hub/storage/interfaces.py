@@ -376,11 +376,14 @@ class QuarantineStore(Protocol):
         finding of ``hub_clock_found``, is then released by its writer (``IngestResult.release_hub_clock``)."""
 
     @abc.abstractmethod
-    async def release_hub_clock(self, window_ms: int, operator: str) -> tuple[int, int]:
+    async def release_hub_clock(self, window_ms: int, operator: str, *, if_right: bool = False) -> tuple[int, int]:
         """Release the pending events held because of the hub's own clock (``QuarantineRow.hub_clock_off_ms``)
         whose time is inside the clock window ``window_ms`` by the corrected clock: each applied at its own time,
         one transaction each, resolved "applied" by ``operator`` (``hub``: the hub itself). Those still outside
-        stay pending for an operator. Returns (released, left)."""
+        stay pending for an operator. ``if_right``: none while the finding kept for every hub process says the
+        hub's clock is off (found off again since the caller found it right: ``hub.storage.held.
+        releasable_hub_clock_ids``), as the hub's own release does; an operator's releases them all the same.
+        Returns (released, left)."""
 
     @abc.abstractmethod
     async def release_held(

@@ -378,9 +378,13 @@ class SqlHubStore(HubStore, Generic[D]):
 
         await self._write_db("noting the hub's own clock right again", work)
 
-    async def release_hub_clock(self, window_ms: int, operator: str) -> tuple[int, int]:
+    async def release_hub_clock(self, window_ms: int, operator: str, *, if_right: bool = False) -> tuple[int, int]:
         checks.whole(window_ms, "clock window", 1, 2**62)
-        ids = await self._read_db("reading the quarantine", lambda db: held.pending_ids(db, hub_clock=True))
+        ids = await self._read_db(
+            "reading the quarantine",
+            lambda db: held.releasable_hub_clock_ids(db) if if_right else held.pending_ids(db, hub_clock=True),
+            snapshot=True,
+        )
         return await self._release(
             ids, operator, "event(s) held because of the hub's own clock, at their own time",
             lambda db, q: self._release_one(db, q, window_ms, operator, None),

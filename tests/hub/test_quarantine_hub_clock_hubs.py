@@ -149,6 +149,63 @@ async def test_what_one_hub_holds_while_another_finds_its_clock_off_is_released_
     assert await a.held() == []
 
 
+async def test_a_hub_whose_stores_put_the_clock_right_releases_nothing_another_holds_meanwhile(
+    two_hubs: tuple[Stores, Stores], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found: hub B, whose first two stores put the hub's clock right, releases what is held because of the hub's
+    clock (as a hub restarted after its clock was set right does); that release, slow on a loaded machine, read the
+    held events after hub A had held store-3's knowing its clock two days ahead and before A's marking of the
+    others (store-2's, store-4's) was written: it released store-3's alone, while the same sales of the other stores
+    stayed held until the hub's clock is right. Now an event held knowing the hub's clock off is marked only with
+    the finding kept in the database, and a release reads that finding with the held events: the hub's clock found
+    off since, it releases nothing."""
+    a, b = two_hubs
+    monkeypatch.setattr(clock_window, "HUB_CLOCK_LOOK_S", 0.0)
+    slow, go_release = asyncio.Event(), asyncio.Event()
+    release: Callable[..., Awaitable[tuple[int, int]]] = b.store.release_hub_clock
+
+    async def held_back(*args: Any, **kwargs: Any) -> tuple[int, int]:
+        slow.set()
+        await go_release.wait()
+        return await release(*args, **kwargs)
+
+    b.store.release_hub_clock = held_back  # type: ignore[method-assign]
+    for agent_id in ("store-5", "store-6"):  # B's clock looks right to its stores: B releases what is held for it
+        await b.sync(agent_id, f"S{agent_id[-1]}", behind_ms=0)
+    await asyncio.wait_for(slow.wait(), STEP_S)
+    before, go_before = paused_ingest(b.store, "store-1")
+    first = asyncio.create_task(b.sync("store-1", "S1"))
+    await asyncio.wait_for(before.wait(), STEP_S)
+    inside, go_inside, pid = paused_in_transaction(monkeypatch, "store-4")
+    fourth = asyncio.create_task(b.sync("store-4", "S4"))
+    await asyncio.wait_for(inside.wait(), STEP_S)
+
+    try:
+        await a.sync("store-2", "S2")
+        second = await a.sync("store-3", "S3")  # A finds the hub's clock two days ahead
+        assert [r.code for r in second.rejected] == ["quarantined"]
+        chores = asyncio.ensure_future(a.chores_done())
+        assert await done_or_blocked(chores, pid[0]) == "blocked"  # A's marking waits for store-4's write
+        go_release.set()  # B's release reads what is held now
+        await b.chores_done()
+        go_inside.set()
+        assert [r.code for r in (await asyncio.wait_for(fourth, STEP_S)).rejected] == ["quarantined"]
+        await chores
+        go_before.set()
+        assert [r.code for r in (await asyncio.wait_for(first, STEP_S)).rejected] == ["quarantined"]
+        await b.chores_done()
+    finally:
+        go_release.set()
+        go_inside.set()
+        go_before.set()
+
+    held = await b.held()
+    assert sorted(q["agent_id"] for q in held) == ["store-1", "store-2", "store-3", "store-4"], "none released"
+    assert all(q["hub_clock_off_ms"] is not None and abs(q["hub_clock_off_ms"] - HUB_AHEAD_MS) < 60_000
+               for q in held), held  # fmt: skip
+    assert await a.held("?status=applied") == []
+
+
 async def test_one_written_after_another_hub_found_the_clock_right_again_is_released_by_its_own(
     two_hubs: tuple[Stores, Stores], monkeypatch: pytest.MonkeyPatch
 ) -> None:

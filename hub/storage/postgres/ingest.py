@@ -50,6 +50,7 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
+from hub.clock_window import HUB_CLOCK_AGREE_MS
 from hub.resolver import (
     OrderKey,
     Reservation,
@@ -63,7 +64,7 @@ from hub.resolver import (
 from hub.storage import credentials, reports
 from hub.storage.base import BundleRecipe, CredentialChanged
 from hub.storage.db import PostgresDb, Row, numbered
-from hub.storage.held import FINDING_SQL, HubClockFinding, finding, transfer_values
+from hub.storage.held import FINDING_SQL, NOTE_OFF_SQL, HubClockFinding, finding, transfer_values
 from hub.storage.ingest import (
     Batch,
     BundleParts,
@@ -625,6 +626,12 @@ class PostgresIngest:
         # Two statements: the read's snapshot is taken after the lock is granted (READ COMMITTED), so it sees the
         # finding of a marking that held the lock meanwhile.
         await self.conn.execute(HUB_CLOCK_LOCK_SHARED)
+        return finding(await self.conn.fetchrow(FINDING_SQL))
+
+    async def note_hub_clock_off(self, offset_ms: int, now_ms: int, judged_ms: int) -> HubClockFinding | None:
+        # No hub-clock lock: the finding's row, locked by the upsert until the commit, orders this write with a
+        # marking or a "right again" under way (which write that row too), and a sync is not kept waiting behind them.
+        await self.conn.execute(numbered(NOTE_OFF_SQL), offset_ms, now_ms, judged_ms, HUB_CLOCK_AGREE_MS)
         return finding(await self.conn.fetchrow(FINDING_SQL))
 
     async def save_reservations(self, rows: Mapping[ReservationKey, Reservation], now_ms: int) -> None:

@@ -22,11 +22,12 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from itertools import chain
 from typing import Any, TypeVar
 
+from hub.clock_window import HUB_CLOCK_AGREE_MS
 from hub.resolver import OrderKey, Reservation, ReservationKey, StockKey, Transfer, TransferKey
 from hub.storage import reports
 from hub.storage.base import BundleRecipe
 from hub.storage.db import SqliteDb
-from hub.storage.held import FINDING_SQL, HubClockFinding, finding, transfer_values
+from hub.storage.held import FINDING_SQL, NOTE_OFF_SQL, HubClockFinding, finding, transfer_values
 from hub.storage.ingest import (
     EFFECT_TEXT,
     BundleParts,
@@ -361,6 +362,11 @@ class SqliteIngest:
 
     async def hub_clock_finding(self) -> HubClockFinding | None:
         rows = await self._fetch(FINDING_SQL)  # one writer: no marking is under way meanwhile
+        return finding(rows[0] if rows else None)
+
+    async def note_hub_clock_off(self, offset_ms: int, now_ms: int, judged_ms: int) -> HubClockFinding | None:
+        await self.db.execute(NOTE_OFF_SQL, (offset_ms, now_ms, judged_ms, HUB_CLOCK_AGREE_MS))
+        rows = await self._fetch(FINDING_SQL)
         return finding(rows[0] if rows else None)
 
     async def save_reservations(self, rows: Mapping[ReservationKey, Reservation], now_ms: int) -> None:
