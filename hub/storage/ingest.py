@@ -251,8 +251,8 @@ class Batch:
     # kept with the events held, which are released at their own time once the hub's clock is right.
     hub_clock_off_ms: int | None = None
     # When something was held: the hub's time when it judged the batch (not knowing its clock off, another hub's
-    # finding may cover it, ``hub.storage.held.finding_covers``; knowing it, the finding may have been found right
-    # since, ``IngestTx.note_hub_clock_off``); when the hub did not know its clock off, how many other stores put its
+    # finding may cover it, ``hub.storage.held.finding_covers``; knowing it, when it read that, ``hub_clock_at_ms``
+    # of ``HubStore.ingest``: the finding may have been found right since, ``IngestTx.note_hub_clock_off``); when the hub did not know its clock off, how many other stores put its
     # clock right then (``ClockWindow.vouched``; schema version 32).
     judged_ms: int | None = None
     hub_clock_vouched: int | None = None

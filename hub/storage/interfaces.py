@@ -100,6 +100,7 @@ class IngestStore(Protocol):
         disk: DiskReport | None = None,
         hub_clock_off_ms: int | None = None,
         hub_clock_vouched: int | None = None,
+        hub_clock_at_ms: int | None = None,
     ) -> IngestResult:
         """Dedupe, check, order, resolve and commit ``events`` and the new
         high-water mark for (who.agent_id, epoch) in one transaction.
@@ -113,6 +114,9 @@ class IngestStore(Protocol):
         the sender's with them; kept with what is held (``release_hub_clock``).
         ``hub_clock_vouched``: how many other stores put the hub's clock right,
         the sender's being the odd one; kept with what is held (``release_held``).
+        ``hub_clock_at_ms``: the hub's time when it read those two (None: as it
+        judges the batch); a batch that waited for its turn since may be written
+        after the hub found its clock right again.
         Transfer events breaking ``hub.resolver.transfer_problem`` are rejected
         ("invalid_transfer").
 

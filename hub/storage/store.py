@@ -195,6 +195,7 @@ class SqlHubStore(HubStore, Generic[D]):
         disk: DiskReport | None = None,
         hub_clock_off_ms: int | None = None,
         hub_clock_vouched: int | None = None,
+        hub_clock_at_ms: int | None = None,
     ) -> IngestResult:
         self._check_open()
 
@@ -204,10 +205,13 @@ class SqlHubStore(HubStore, Generic[D]):
                 else ClockWindow(wall_ms_now(), clock_window_ms, sender.created_ms, hub_off_ms=hub_clock_off_ms,
                                  vouched=hub_clock_vouched)
             )  # fmt: skip
-            return prepare_batch(
+            judged = prepare_batch(
                 sender, epoch, events, acked_seq, backlog=backlog, oldest_pending_ms=oldest_pending_ms, lineage=lineage,
                 clock=clock, sent_ms=sent_ms, after_seq=after_seq, peer=peer, credential=credential, disk=disk,
             )  # fmt: skip
+            if judged.hub_clock_off_ms is not None and hub_clock_at_ms is not None:  # when the hub knew it off
+                judged = replace(judged, judged_ms=hub_clock_at_ms)
+            return judged
 
         batch = judge(who)
 

@@ -181,6 +181,38 @@ async def test_one_written_after_the_hubs_clock_is_right_again_is_released_as_it
     assert sorted((q["agent_id"], q["resolved_by"]) for q in released) == [("store-1", "hub"), ("store-2", "hub")]
 
 
+async def test_one_judged_knowing_the_clock_off_and_written_after_it_was_right_again_is_released_as_written(
+    stores: Stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found: a sync whose clock window the hub decided knowing its clock two days ahead, and that was written only
+    after the hub found its clock right again and released what it held because of it (the sync waiting for its
+    turn meanwhile), stayed held, marked, with nothing left to release it. Now it is released as it is written, at
+    its own time, and the hub's clock stays found right."""
+    monkeypatch.setattr(clock_window, "HUB_CLOCK_LOOK_S", 0.0)
+    for agent_id, location in (("store-1", "S1"), ("store-2", "S2")):
+        await stores.sync(agent_id, location)  # the hub finds its clock two days ahead
+    await stores.chores_done()
+    entered, go = paused_ingest(stores.store, "store-1")
+    late = asyncio.create_task(stores.sync("store-1", "S1"))  # judged knowing the hub's clock off
+    try:
+        await asyncio.wait_for(entered.wait(), STEP_S)
+        for agent_id, location in (("store-2", "S2"), ("store-3", "S3")):  # its clock is right again, by theirs
+            await stores.sync(agent_id, location, behind_ms=0)
+        await stores.chores_done()
+        assert sorted(q["agent_id"] for q in await stores.held("?status=applied")) == ["store-1", "store-2"]
+        go.set()
+        assert [r.code for r in (await asyncio.wait_for(late, STEP_S)).rejected] == ["quarantined"]
+        await stores.chores_done()
+    finally:
+        go.set()
+
+    assert await stores.held() == [], [(q["agent_id"], q["hub_clock_off_ms"]) for q in await stores.held()]
+    released = await stores.held("?status=applied")
+    assert sorted((q["agent_id"], q["resolved_by"]) for q in released) == [
+        ("store-1", "hub"), ("store-1", "hub"), ("store-2", "hub")
+    ]  # fmt: skip
+
+
 async def test_what_the_hub_could_not_attribute_is_released_for_one_store_or_all_as_the_admin_found(
     stores: Stores,
 ) -> None:
