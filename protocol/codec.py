@@ -97,6 +97,26 @@ class DiskReport:
 
 
 @dataclass(frozen=True, slots=True)
+class LostReport:
+    """A store agent's report of movements the hub had acknowledged and lacks now (its database restored from a
+    copy older than them), which the agent's outbox no longer holds (retention purged them, or they were
+    acknowledged to the agent id it had before a rebind): sent with each sync request until a hub takes it
+    (agent.outbox ``hub_lacks``). The hub cannot know their SKUs: the store's stock must be counted again.
+
+    ``first_seq``..``last_seq``: their seqs in ``epoch``; ``count``: how many (``at_least``: a lower bound, after a
+    rebind); ``found_ms``: the agent's wall ms when it found them lacking; ``of_agent``: the agent id they were
+    acknowledged to when it is not the sender's (a rebind; None: the sender's)."""
+
+    first_seq: int
+    last_seq: int
+    count: int
+    found_ms: int
+    epoch: int
+    at_least: bool = False
+    of_agent: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SyncRequest:
     agent_id: str
     epoch: int
@@ -117,6 +137,8 @@ class SyncRequest:
     after_seq: int | None = None
     # The disk the outbox is on (DiskReport). None: not sent (an agent from before it, or to a hub that refused it).
     disk: DiskReport | None = None
+    # Movements the hub lacks for good (LostReport). None: none known, not sent (an older agent, or a hub refused it).
+    lost: LostReport | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +322,7 @@ def _request_head(req: SyncRequest) -> dict[str, Any]:
         **({"follows_feed": True} if req.follows_feed else {}),
         **({"after_seq": req.after_seq} if req.after_seq is not None else {}),
         **({"disk": _disk_to_wire(req.disk)} if req.disk is not None else {}),
+        **({"lost": _lost_to_wire(req.lost)} if req.lost is not None else {}),
     }
 
 
@@ -333,9 +356,45 @@ def _disk_from_wire(raw: Any) -> DiskReport:
     )  # fmt: skip
 
 
+def _lost_to_wire(lost: LostReport) -> dict[str, Any]:
+    return {
+        "first_seq": lost.first_seq,
+        "last_seq": lost.last_seq,
+        "count": lost.count,
+        "found_ms": lost.found_ms,
+        "epoch": lost.epoch,
+        **({"at_least": True} if lost.at_least else {}),
+        **({"of_agent": lost.of_agent} if lost.of_agent is not None else {}),
+    }
+
+
+_LOST_KEYS = {"first_seq", "last_seq", "count", "found_ms", "epoch", "at_least", "of_agent"}
+
+
+def _lost_from_wire(raw: Any) -> LostReport:
+    if type(raw) is not dict:
+        raise ProtocolError(f"must be a map, got {type(raw).__name__}", field="lost")
+    unknown = set(raw) - _LOST_KEYS
+    if unknown:
+        raise ProtocolError(f"unknown field(s) {', '.join(sorted(map(str, unknown)))[:80]}", field="lost")
+    first = _check_int(raw.get("first_seq"), "lost.first_seq", 1, SEQ_MAX)
+    last = _check_int(raw.get("last_seq"), "lost.last_seq", first, SEQ_MAX)
+    count = _check_int(raw.get("count"), "lost.count", 1, last - first + 1)  # no more than the seqs it spans
+    at_least = raw.get("at_least", False)
+    if not isinstance(at_least, bool):
+        raise ProtocolError("must be true or false", field="lost.at_least")
+    of_agent = raw.get("of_agent")
+    if of_agent is not None:
+        of_agent = _check_str(of_agent, "lost.of_agent", AGENT_ID_MAX_LEN, _AGENT_RE, what="agent id")
+    return LostReport(
+        first, last, count, _check_int(raw.get("found_ms"), "lost.found_ms", 0, SEQ_MAX),
+        _check_int(raw.get("epoch"), "lost.epoch", 0, EPOCH_MAX), at_least, of_agent,
+    )  # fmt: skip
+
+
 _REQUEST_KEYS = {
     "v", "agent_id", "epoch", "acked_seq", "backlog", "oldest_pending_ms", "chain", "epoch_base", "base_chain", "events",
-    "columns", "sent_ms", "follows_feed", "after_seq", "disk",
+    "columns", "sent_ms", "follows_feed", "after_seq", "disk", "lost",
 }  # fmt: skip
 
 
@@ -451,6 +510,9 @@ def decode_sync_request(data: bytes) -> SyncRequest:
     disk = obj.get("disk")
     if disk is not None:
         disk = _disk_from_wire(disk)
+    lost = obj.get("lost")
+    if lost is not None:
+        lost = _lost_from_wire(lost)
     events, bad = _request_events(obj, agent_id, epoch)
     if bad:
         raise BadEvents(bad, agent_id, epoch)
@@ -460,7 +522,7 @@ def decode_sync_request(data: bytes) -> SyncRequest:
     return SyncRequest(
         agent_id=agent_id, epoch=epoch, events=tuple(events), acked_seq=acked_seq,
         backlog=backlog, oldest_pending_ms=oldest_pending_ms, chain=chain, epoch_base=epoch_base, base_chain=base_chain,
-        sent_ms=sent_ms, follows_feed=follows_feed, after_seq=after_seq, disk=disk,
+        sent_ms=sent_ms, follows_feed=follows_feed, after_seq=after_seq, disk=disk, lost=lost,
     )  # fmt: skip
 
 

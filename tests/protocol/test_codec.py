@@ -8,6 +8,7 @@ from protocol import (
     CountSnapshot,
     DiskReport,
     Kind,
+    LostReport,
     ProtocolError,
     Rejection,
     StockEvent,
@@ -125,6 +126,33 @@ def test_backlog_report_round_trips_and_is_optional():
     assert decode_sync_request(body([])).backlog is None
     with pytest.raises(ProtocolError, match="backlog: must be between"):
         decode_sync_request(body([], backlog=-1))
+
+
+def test_lost_report_round_trips_is_optional_and_refuses_what_cannot_be():
+    """An agent's report of acknowledged movements its outbox no longer holds and the hub lacks (agent.outbox
+    ``hub_lacks``): their seqs, how many (or at least how many, after a rebind), when it found it, of which agent."""
+    lost = LostReport(6, 9, 4, found_ms=1_765_000_000_000, epoch=77)
+    req = SyncRequest("agent-1", 3, (event(1),), lost=lost)
+    assert decode_sync_request(encode_sync_request(req)) == req
+    rebound = LostReport(4, 5, 2, found_ms=5, epoch=3, at_least=True, of_agent="agent-0")
+    assert decode_sync_request(encode_sync_request(SyncRequest("agent-1", 3, (), lost=rebound))).lost == rebound
+    assert decode_sync_request(encode_sync_request(SyncRequest("agent-1", 3, ()))).lost is None  # an older agent
+    good = {"first_seq": 6, "last_seq": 9, "count": 4, "found_ms": 1, "epoch": 3}
+    for bad, said in [
+        ({**good, "first_seq": 0}, "lost.first_seq: must be between 1"),
+        ({**good, "last_seq": 5}, "lost.last_seq: must be between 6"),
+        ({**good, "count": 5}, "lost.count: must be between 1 and 4"),
+        ({**good, "count": 0}, "lost.count: must be between 1 and 4"),
+        ({**good, "found_ms": -1}, "lost.found_ms: must be between"),
+        ({**good, "epoch": "3"}, "lost.epoch: must be an integer"),
+        ({**good, "at_least": 1}, "lost.at_least: must be true or false"),
+        ({**good, "of_agent": "no spaces"}, "lost.of_agent"),
+        ({k: v for k, v in good.items() if k != "count"}, "lost.count: must be an integer"),
+        ({**good, "skus": ["A"]}, "lost: unknown field"),
+        ([6, 9], "lost: must be a map"),
+    ]:
+        with pytest.raises(ProtocolError, match=said):
+            decode_sync_request(body([], lost=bad))
 
 
 def test_disk_report_round_trips_is_optional_and_says_the_disks_state():
