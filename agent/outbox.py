@@ -103,6 +103,7 @@ from protocol import (
     DiskReport,
     HybridClock,
     Kind,
+    LostReport,
     ProtocolError,
     Rejection,
     StockEvent,
@@ -401,6 +402,20 @@ def _set_meta(conn: sqlite3.Connection, **values: Any) -> None:
     conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", list(values.items()))
 
 
+def _lost_report(conn: sqlite3.Connection) -> LostReport | None:
+    """The movements the hub lacks for good as the hub is told them (``hub_lacks``), or None. Said of a file from
+    before the epoch was kept with them: the epoch it is in now (the one they were in, unless it forked since)."""
+    count, seqs, found_ms = _meta(conn, "hub_lacks"), _meta(conn, "hub_lacks_seqs"), _meta(conn, "hub_lacks_ms")
+    if not count or seqs is None or found_ms is None:
+        return None
+    first, _, last = str(seqs).partition("-")
+    was = _meta(conn, "hub_lacks_of")
+    return LostReport(
+        int(first), int(last), count, found_ms, _meta(conn, "hub_lacks_epoch", _meta(conn, "epoch")),
+        at_least=was is not None, of_agent=was,
+    )  # fmt: skip
+
+
 def _row(ev: StockEvent) -> tuple[Any, ...]:
     """``ev`` as a row of ``_EVENT_COLUMNS``."""
     attrs = msgpack.packb(dict(ev.attrs), use_bin_type=True)
@@ -432,6 +447,9 @@ class Outbox(SqliteFile):
         self.agent_id = ""
         self.location = ""
         self.epoch = 0
+        # The acknowledged movements the hub lacks and this outbox no longer holds (``hub_lacks``), as the replicator
+        # tells the hub (``protocol.LostReport``); None: none known.
+        self.lost: LostReport | None = None
         self._chain_column = "chain"
         self.new_data = asyncio.Event()  # set after every commit that added events
         self.counts = CountCache(self)
@@ -607,6 +625,7 @@ class Outbox(SqliteFile):
         self._chain_column = "chain" if version >= 2 else "NULL"  # a schema-1 file opened read-only (status)
         self.location = _meta(conn, "location")
         self.epoch = _meta(conn, "epoch")
+        self.lost = _lost_report(conn)
         self.clock.observe(_meta(conn, "hlc_last", 0))
         self._issued, self._acked = _marks(conn)
 
@@ -996,6 +1015,8 @@ class Outbox(SqliteFile):
         or fork to a new epoch if the hub's mark is not this outbox's history (see the module doc).
         ``hub_ms``: the hub's clock when it answered; with this machine's, acknowledgements age by it (``_age``)."""
         result = await self._write(lambda conn: self._ack(conn, hwm, chain, (), hub_ms=hub_ms), shows_room=False)
+        if result.gone:
+            self.lost = await self._read(_lost_report)
         self._after_ack(hwm, result)
         return result
 
@@ -1074,6 +1095,8 @@ class Outbox(SqliteFile):
             )  # fmt: skip
 
         result = await self._write(apply, shows_room=False)
+        if result.gone or result.rebound_lacks is not None:
+            self.lost = await self._read(_lost_report)
         self._after_ack(resp.hwm, result)
         if result.rebound_lacks is not None:
             first, last, was, acked_change = result.rebound_lacks
@@ -1101,6 +1124,7 @@ class Outbox(SqliteFile):
         _set_meta(
             conn, rebound_change_id=None, hub_lacks=last - first + 1, hub_lacks_seqs=f"{first}-{last}",
             hub_lacks_ms=self._wall_clock_ms(), hub_lacks_of=was,
+            hub_lacks_epoch=_meta(conn, "rebound_epoch", _meta(conn, "epoch")),
         )  # fmt: skip
         return first, last, was, acked_change
 
@@ -1162,7 +1186,8 @@ class Outbox(SqliteFile):
         gone = _gone(conn, hwm, previous) if hwm < previous else 0
         if gone:
             _set_meta(
-                conn, hub_lacks=gone, hub_lacks_seqs=f"{hwm + 1}-{previous}", hub_lacks_ms=now_ms, hub_lacks_of=None
+                conn, hub_lacks=gone, hub_lacks_seqs=f"{hwm + 1}-{previous}", hub_lacks_ms=now_ms, hub_lacks_of=None,
+                hub_lacks_epoch=epoch,
             )  # fmt: skip
         if hwm < previous:  # acknowledged by a hub that was restored since: they age from the resend's answer
             conn.execute("DELETE FROM acks WHERE acked_seq > ?", (hwm,))
@@ -1366,6 +1391,7 @@ class Outbox(SqliteFile):
             rebound_change_id=_meta(conn, "acked_change_id") if known else None,
             rebound_change_from=_meta(conn, "acked_change_from") if known else None,
             rebound_seq=base,
+            rebound_epoch=epoch,
             agent_id=agent_id,
             epoch=new,
             epoch_base=base,

@@ -83,6 +83,7 @@ from protocol import (
     MAX_BATCH_EVENTS,
     MSGPACK_CONTENT_TYPE,
     EventsPacker,
+    LostReport,
     ProtocolError,
     Rejection,
     SyncRequest,
@@ -129,6 +130,8 @@ HUB_CLOCK_SAID_AGAIN_MS = 60_000  # the hub's clock said off by this much more o
 COLUMNS_REFUSED = "unknown field(s) columns"
 # … and what one from before the disk report (protocol.DiskReport) answers a request carrying it.
 DISK_REFUSED = "unknown field(s) disk"
+# … and one from before the report of movements it lacks for good (protocol.LostReport, API 1.13).
+LOST_REFUSED = "unknown field(s) lost"
 
 # Catching up: while at least CATCHUP_BACKLOG events wait, batches are CATCHUP_BATCH_FACTOR times batch_size
 # (at most the hub's 10,000): the hub commits each batch in one transaction, so fewer, larger batches drain a
@@ -243,6 +246,7 @@ class _Reply:
     hub_id: str | None = None  # the id of the database the hub serves (HUB_ID_HEADER; None: an older hub)
     hub_clock_off_ms: int | None = None  # the hub says its own clock is this far off its stores' (HUB_CLOCK_HEADER)
     hub_clock_agreed: int | None = None  # … that this many other stores agree with its clock (HUB_CLOCK_AGREED_HEADER)
+    lost: LostReport | None = None  # the report of movements the hub lacks that the request carried (None: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +326,10 @@ class Replicator(HubLoop):
         self._keep_ahead = False  # the last answer acknowledged its batch: the batch sent ahead follows on from it
         self._pipelines = False  # the hub's last answer said it reads after_seq (SYNC_PIPELINE_HEADER)
         self._sends_disk = True  # requests carry the disk report, until a hub from before it refuses one
+        # Requests carry the outbox's report of movements the hub lacks for good (``Outbox.lost``) until a hub
+        # answers one carrying it (``_lost_told``: that report), or a hub from before it refuses it.
+        self._sends_lost = True
+        self._lost_told: LostReport | None = None
         # The hub's mark past the outbox's acknowledged one, whose answer a full disk refused to store: sent on from
         # while the disk is full (with a hub that reads after_seq), until an answer is stored. None: none.
         self._unstored: int | None = None
@@ -526,7 +534,7 @@ class Replicator(HubLoop):
         else:
             prepared = await self._next_batch()
             batch = prepared.batch
-            if not self._handshake_due and not batch:
+            if not self._handshake_due and not batch and self._lost_to_tell() is None:
                 await self._update(backlog=0)
                 if time.monotonic() - self._last_answer_s < self._heartbeat_s:
                     return False
@@ -554,6 +562,8 @@ class Replicator(HubLoop):
         if status == 429:
             raise self._slow_down(body)
         if status == 200:
+            if answer.lost is not None:  # the hub stored it with the request: not sent again
+                self._lost_told = answer.lost
             self._last_answer_s = time.monotonic()
             self._pipelines = answer.pipelines
             return await self._accepted(
@@ -568,6 +578,8 @@ class Replicator(HubLoop):
             return self._columns_refused()
         if status == 400 and self._sends_disk and DISK_REFUSED in _error_message(body):
             return self._disk_refused()
+        if status == 400 and answer.lost is not None and LOST_REFUSED in _error_message(body):
+            return self._lost_refused()
         if status == 400 and ahead is not None and "after_seq" in _error_message(body):
             return self._after_seq_refused()
         raise await self._refused(status, body, answer.hub_id)
@@ -631,6 +643,24 @@ class Replicator(HubLoop):
         log.info(
             "The hub at %s does not read the agent's disk report (it is older); its agent list will not show this"
             " agent's disk. Sending without it.",
+            self._url,
+        )
+        return True
+
+    def _lost_to_tell(self) -> LostReport | None:
+        """The outbox's report of movements the hub lacks for good, while no hub answered one carrying it (and the
+        hub reads it); else None. An idle agent sends one at once rather than at its next heartbeat."""
+        lost = self._outbox.lost
+        return lost if self._sends_lost and lost is not None and lost != self._lost_told else None
+
+    def _lost_refused(self) -> bool:
+        """400 naming ``lost``: a hub from before the report of movements it lacks (API 1.13). Requests go without
+        it from now on, at once; the agent's log and status still say what is lost."""
+        self._sends_lost = False
+        log.warning(
+            "The hub at %s does not read the agent's report of movements it lacks (it is older than API 1.13); its"
+            " exceptions list will not show them: count this store's stock again as the agent's error said. Sending"
+            " without it.",
             self._url,
         )
         return True
@@ -737,8 +767,11 @@ class Replicator(HubLoop):
         task.cancel()
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # its failure, if any, is not news
 
-    def _request(self, prepared: _Prepared, after_seq: int | None = None) -> tuple[bytes, int]:
-        """The request's body, with the acknowledged mark as it is now, and the clock when it is sent."""
+    def _request(
+        self, prepared: _Prepared, after_seq: int | None = None
+    ) -> tuple[bytes, int, LostReport | None]:
+        """The request's body, with the acknowledged mark as it is now, the clock when it is sent, and the report of
+        movements the hub lacks it carries (None: none)."""
         batch = prepared.batch
         # Read ahead, the backlog counted the batch before this one, which is acknowledged now.
         backlog = max(len(batch), prepared.backlog - prepared.in_flight)
@@ -753,11 +786,12 @@ class Replicator(HubLoop):
             chain=prepared.chain if batch or self._unstored is None else self._unstored_chain,
             epoch_base=prepared.epoch_base or None, base_chain=prepared.base_chain,
             sent_ms=sent_ms, follows_feed=self.feed is not None, after_seq=after_seq,
-            disk=self._outbox.disk_report() if self._sends_disk else None,
+            disk=self._outbox.disk_report() if self._sends_disk else None, lost=self._lost_to_tell(),
         )  # fmt: skip
-        return encode_sync_request(request, prepared.packed_events, as_columns=prepared.as_columns), sent_ms
+        body = encode_sync_request(request, prepared.packed_events, as_columns=prepared.as_columns)
+        return body, sent_ms, request.lost
 
-    async def _send(self, body: bytes, sent_ms: int, *, events: int = 0) -> _Reply:
+    async def _send(self, body: bytes, sent_ms: int, lost: LostReport | None = None, *, events: int = 0) -> _Reply:
         assert self._session is not None
         headers = {"Authorization": f"Bearer {self._token}", "Content-Type": MSGPACK_CONTENT_TYPE}
         # A catch-up batch asks the hub first: one it makes wait or refuses is not uploaded meanwhile (hub/catchup.py).
@@ -772,7 +806,7 @@ class Replicator(HubLoop):
                     http.headers.get("Location"), http.headers.get("Content-Type", ""),
                     http.headers.get(SYNC_PIPELINE_HEADER) == "1", hub_id_of(http.headers.get(HUB_ID_HEADER)),
                     hub_clock_off_of(http.headers.get(HUB_CLOCK_HEADER)),
-                    hub_clock_agreed_of(http.headers.get(HUB_CLOCK_AGREED_HEADER)),
+                    hub_clock_agreed_of(http.headers.get(HUB_CLOCK_AGREED_HEADER)), lost,
                 )  # fmt: skip
         except AnswerTooLarge as err:
             raise TurnFailed(str(err), kind="hub_error", reachable=True, level=logging.ERROR) from err
