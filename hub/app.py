@@ -398,7 +398,7 @@ async def _sync(request: web.Request, who: AgentIdentity, body: bytes, started: 
         oldest_pending_ms=sync.oldest_pending_ms, lineage=lineage,
         clock_window_ms=request.app[SETTINGS_KEY].clock_window_s * 1000, sent_ms=sync.sent_ms,
         after_seq=sync.after_seq, peer=client_of(request), disk=sync.disk, hub_clock_off_ms=off_ms,
-        hub_clock_vouched=vouched, hub_clock_at_ms=decided_ms,
+        hub_clock_vouched=vouched, hub_clock_at_ms=decided_ms, lost=sync.lost,
     )  # fmt: skip
     held = any(r.code == "quarantined" for r in result.rejected)
     if held and off_ms is None and request.app[CLOCK_WATCH_KEY].found != noticed:  # found while it was written

@@ -141,6 +141,10 @@ AGENT_COPIES = (
 # A store agent whose disk is full or whose reserve is in use (findings.agent_disk), while its credential holds.
 AGENT_DISK_FULL = "g.disk_state IN ('full', 'reserve_in_use') AND g.revoked_ms IS NULL"
 AGENT_LOCATED = "replace(g.locations, ?, '') <> g.locations"
+# Movements a store agent reported the hub lacks for good (schema 33; findings.agent_lost), until an admin dismisses
+# them: the WHERE of the index agent_lost_listed, walked in the list's order. Listed whether or not the reporting
+# credential holds still: the counts stay wrong until the store is counted again.
+LOST = "l.dismissed_ms IS NULL"
 COPIES_NAMED_MAX = 10  # copies of one agent an exception names, the newest synced first (the rest are counted)
 # Those copies of the page's agents: ``LIVE_COPY``, numbered per agent.
 COPIES_NAMED = (
@@ -323,6 +327,10 @@ async def exceptions(
     disk_full = Where(AGENT_DISK_FULL).add(AGENT_LOCATED, None if location is None else json.dumps(location))
     for r in await read(keys.AGENT_DISK, findings.AGENT_DISK_FIELDS, "agents g", disk_full):
         out.append(findings.agent_disk(*r))
+    lost = Where(LOST).add(AGENT_LOCATED, None if location is None else json.dumps(location))
+    for r in await read(keys.AGENT_LOST, findings.AGENT_LOST_FIELDS, "agent_lost l JOIN agents g ON g.agent_id = l.agent_id",
+                        lost):  # fmt: skip
+        out.append(findings.agent_lost(*r))
     unnamed = Where(BOOK_OUT_UNNAMED, UNMATCHED_HERE).add("e.location = ?", location)
     for r in await read(keys.BOOK_OUT_UNNAMED, BOOK_OUT_UNNAMED_FIELDS, "events e", unnamed):
         out.append(findings.book_out_without_ref(*r))

@@ -301,6 +301,51 @@ def agent_disk(agent_id: str, locations: str, state: str, since_ms: int, report:
     )  # fmt: skip
 
 
+AGENT_LOST_FIELDS = (
+    "l.agent_id, g.locations, l.epoch, l.first_seq, l.last_seq, l.lost, l.at_least, l.of_agent, l.found_ms,"
+    " l.received_ms"
+)
+# How an admin dismisses an agent's agent_movements_lost entries, once its store was counted again.
+LOST_DISMISS_PATH = "/v1/agents/{agent_id}/lost/dismiss"
+
+
+def agent_lost(
+    agent_id: str, locations: str, epoch: int, first_seq: int, last_seq: int, lost: int, at_least: bool | int,
+    of_agent: str | None, found_ms: int, received_ms: int,
+) -> ExceptionRow:  # fmt: skip
+    """Movements a store agent reported the hub lacks for good (hub.storage.exceptions, ``LOST``;
+    ``protocol.LostReport``): the hub had acknowledged them, its database was restored from an older copy, and
+    the agent's outbox no longer holds them to send again. The hub never had their SKUs after the restore: the
+    store's stock is counted again, then an admin dismisses the entry."""
+    bound = json.loads(locations)
+    store = bound[0] if bound else None
+    where = f"{store}'s agent {agent_id}" if store else f"Agent {agent_id}"
+    how_many = f"at least {lost:,}" if at_least else f"{lost:,}"
+    seqs = f"seq {first_seq:,}" if first_seq == last_seq else f"seqs {first_seq:,} to {last_seq:,}"
+    whose = f", sent as agent {of_agent} before the outbox was rebound to {agent_id}" if of_agent else ""
+    counted = ", ".join(bound) if bound else "that store"
+    detail = (
+        f"{where}: the hub lacks {how_many} movement{'' if lost == 1 else 's'} of that store ({seqs}{whose}), found"
+        f" at {_utc(found_ms)}: it had acknowledged them, then its database was restored from an older copy, and the"
+        " store's PC no longer holds them to send again. The hub cannot tell which SKUs they moved, so its counts"
+        f" of {counted} are off by them: count {counted}'s stock again, then dismiss this entry (POST"
+        f" {LOST_DISMISS_PATH.format(agent_id=agent_id)})."
+    )
+    return ExceptionRow(
+        "agent_movements_lost",
+        store,
+        None,
+        detail,
+        {
+            "agent_id": agent_id, "locations": bound, "epoch": epoch, "epoch_text": str(epoch), "first_seq": first_seq,
+            "last_seq": last_seq, "lost": lost, "at_least": bool(at_least), "of_agent": of_agent, "found_ms": found_ms,
+        },
+        received_ms,
+        "agent_lost",
+        (agent_id, epoch, first_seq, last_seq),
+    )  # fmt: skip
+
+
 def book_out_without_ref(
     agent_id: str, event_id: bytes, location: str, sku: str, qty: int, at_ms: int, ref: str, unmatched: int
 ) -> ExceptionRow:

@@ -91,7 +91,6 @@ from hub.resolver import (
     transfer_key,
     transfer_problem,
 )
-from hub.storage.held import HubClockFinding, finding_covers
 from hub.storage.base import (
     CHANGE_EVENT_IDS_MAX,
     INGEST_ROLES,
@@ -104,11 +103,13 @@ from hub.storage.base import (
     InvalidInput,
     Lineage,
 )
+from hub.storage.held import HubClockFinding, finding_covers
 from protocol import (
     ON_HAND_KINDS,
     CountSnapshot,
     DiskReport,
     Kind,
+    LostReport,
     ProtocolError,
     Rejection,
     StockEvent,
@@ -247,6 +248,7 @@ class Batch:
     peer: str | None = None  # the address the request came from, as the hub saw it (None: not known)
     credential: str | None = None  # the hash of the token ``who`` was found by, confirmed in the transaction
     disk: DiskReport | None = None  # the sender's report of its disk (schema version 21); None: not reported
+    lost: LostReport | None = None  # the sender's report of movements the hub lacks for good (schema version 33)
     # The hub's own clock was this far off its stores' at receipt, the sender's with them (schema version 23):
     # kept with the events held, which are released at their own time once the hub's clock is right.
     hub_clock_off_ms: int | None = None
@@ -345,6 +347,10 @@ class IngestTx(Protocol):
         backlog report (``backlog``, ``oldest_pending_ms``, ``backlog_at_ms`` = ``now_ms``). A skew measured from
         ``sent_ms`` is kept only when ``sent_ms`` is newer than the newest heard from the agent. ``disk``: the
         sender's disk report (``hub.storage.sql.note_sync``); None leaves the one before."""
+
+    async def note_lost(self, agent_id: str, lost: LostReport, now_ms: int) -> None:
+        """Keep the sender's report of movements the hub lacks for good (``hub.storage.sql.note_lost``): the same
+        report again changes nothing."""
 
     # The sender's acknowledged mark and the change feed:
 
@@ -455,6 +461,7 @@ def prepare_batch(
     peer: str | None = None,
     credential: str | None = None,
     disk: DiskReport | None = None,
+    lost: LostReport | None = None,
 ) -> Batch:
     """Check a batch against its sender: pure, so it runs before the write transaction.
 
@@ -509,6 +516,7 @@ def prepare_batch(
         peer=peer,
         credential=credential,
         disk=disk,
+        lost=lost,
         hub_clock_off_ms=None if clock is None or not held else clock.hub_off_ms,
         judged_ms=None if clock is None or not held else clock.now_ms,
         hub_clock_vouched=None if clock is None or not held or clock.hub_off_ms is not None else clock.vouched,
@@ -892,6 +900,8 @@ async def apply_batch(tx: IngestTx, batch: Batch, now_ms: int) -> IngestResult:
         backlog, oldest_ms = (None, None) if stale else (batch.backlog, batch.oldest_pending_ms)
         skew_ms = None if stale else _skew_ms(batch, now_ms)  # None: the stored skew stays
         disk = None if stale else batch.disk
+        if batch.lost is not None:  # a request replayed late too: the same report again changes nothing
+            await tx.note_lost(who.agent_id, batch.lost, now_ms)
         note = SyncNote(
             who.agent_id, epoch, seq, chain, now_ms, skew_ms, backlog, oldest_ms, batch.sent_ms, batch.peer, disk
         )

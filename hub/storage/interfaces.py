@@ -39,7 +39,7 @@ if TYPE_CHECKING:
         WebhookState,
     )
     from hub.storage.keys import CountKey, DivergenceKey, ExceptionKey, LedgerKey
-    from protocol import DiskReport, StockEvent
+    from protocol import DiskReport, LostReport, StockEvent
 
 
 class CredentialStore(Protocol):
@@ -101,6 +101,7 @@ class IngestStore(Protocol):
         hub_clock_off_ms: int | None = None,
         hub_clock_vouched: int | None = None,
         hub_clock_at_ms: int | None = None,
+        lost: LostReport | None = None,
     ) -> IngestResult:
         """Dedupe, check, order, resolve and commit ``events`` and the new
         high-water mark for (who.agent_id, epoch) in one transaction.
@@ -117,6 +118,8 @@ class IngestStore(Protocol):
         ``hub_clock_at_ms``: the hub's time when it read those two (None: as it
         judges the batch); a batch that waited for its turn since may be written
         after the hub found its clock right again.
+        ``lost``: the sender's report of movements the hub lacks for good (schema
+        version 33), kept in the same transaction; the same report again changes nothing.
         Transfer events breaking ``hub.resolver.transfer_problem`` are rejected
         ("invalid_transfer").
 

@@ -139,6 +139,11 @@ CHANNEL_ORDER_REFUSED = ExceptionSource(
 AGENT_COPIES = ExceptionSource("agent_copies", "c.at_ms", ("c.agent_id",), "s", ("agent_copies",))
 # a store agent whose disk is full or whose disk reserve is in use, as its newest sync reported (schema 21)
 AGENT_DISK = ExceptionSource("agent_disk", "g.disk_since_ms", ("g.agent_id",), "s", ("agent_disk_full",))
+# movements a store agent reported the hub lacks for good, not dismissed (schema 33; hub.storage.exceptions.LOST)
+AGENT_LOST = ExceptionSource(
+    "agent_lost", "l.received_ms", ("l.agent_id", "l.epoch", "l.first_seq", "l.last_seq"), "siii",
+    ("agent_movements_lost",),
+)  # fmt: skip
 # a store's book-out of goods received by mistake that names no transfer, while it lists an unmatched receipt of that
 # SKU (schema 26; hub.storage.exceptions.BOOK_OUT_UNNAMED)
 BOOK_OUT_UNNAMED = ExceptionSource(
@@ -149,7 +154,7 @@ EXCEPTION_SOURCES = {
     for s in (
         NEGATIVE, UNKNOWN_BARCODE, TRANSFER, TRANSFER_OVERDUE, TRANSFER_NOWHERE, CLOCK_QUARANTINE, REJECTED, IMPORT_QUARANTINE,
         DIVERGENCE, CHANNEL_DIVERGENCE, CHANNEL_REFUSED, CHANNEL_MAPPING, CHANNEL_ORDER_REFUSED, AGENT_COPIES,
-        AGENT_DISK, BOOK_OUT_UNNAMED,
+        AGENT_DISK, AGENT_LOST, BOOK_OUT_UNNAMED,
     )
 }  # fmt: skip
 # Every kind of exception the list names, in its sources' order: what ``kind=`` may ask for.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from protocol import ON_HAND_KINDS, DiskReport
+from protocol import ON_HAND_KINDS, DiskReport, LostReport
 
 DELTA_KINDS = "(" + ", ".join(f"'{k.value}'" for k in sorted(ON_HAND_KINDS)) + ")"
 ORDER_KEY = "(occurred_at, agent_id, seq, event_id)"
@@ -90,6 +90,21 @@ def note_sync(
         )
         params += [state, now_ms, state, now_ms, disk_json(disk)]
     return f"UPDATE agents SET last_sync_ms = ?, {sets} WHERE agent_id = ?", (now_ms, *params, agent_id)
+
+
+def note_lost(agent_id: str, lost: LostReport, now_ms: int) -> tuple[str, tuple[object, ...]]:
+    """The INSERT keeping an agent's report of movements the hub lacks for good (schema version 33, ``agent_lost``)
+    and its parameters: the same report again (the agent sends it until a hub answers one carrying it) changes
+    nothing, its first arrival and a dismissal kept."""
+    statement = (
+        "INSERT INTO agent_lost (agent_id, epoch, first_seq, last_seq, lost, at_least, of_agent, found_ms, received_ms)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (agent_id, epoch, first_seq, last_seq) DO NOTHING"
+    )
+    return (
+        statement,
+        (agent_id, lost.epoch, lost.first_seq, lost.last_seq, lost.count, lost.at_least, lost.of_agent, lost.found_ms,
+         now_ms),
+    )  # fmt: skip
 
 
 def disk_json(disk: DiskReport) -> str:

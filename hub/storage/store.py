@@ -57,7 +57,7 @@ from hub.storage.db import Db
 from hub.storage.ingest import Batch, IngestTx, apply_batch, apply_recipe, prepare_batch
 from hub.storage.keys import CountKey, DivergenceKey, ExceptionKey, LedgerKey
 from hub.storage.rows import ledger_row
-from protocol import DiskReport, StockEvent, wall_ms_now
+from protocol import DiskReport, LostReport, StockEvent, wall_ms_now
 from protocol.values import AGENT_ID, shown
 
 log = logging.getLogger(__name__)
@@ -196,6 +196,7 @@ class SqlHubStore(HubStore, Generic[D]):
         hub_clock_off_ms: int | None = None,
         hub_clock_vouched: int | None = None,
         hub_clock_at_ms: int | None = None,
+        lost: LostReport | None = None,
     ) -> IngestResult:
         self._check_open()
 
@@ -208,6 +209,7 @@ class SqlHubStore(HubStore, Generic[D]):
             judged = prepare_batch(
                 sender, epoch, events, acked_seq, backlog=backlog, oldest_pending_ms=oldest_pending_ms, lineage=lineage,
                 clock=clock, sent_ms=sent_ms, after_seq=after_seq, peer=peer, credential=credential, disk=disk,
+                lost=lost,
             )  # fmt: skip
             if judged.hub_clock_off_ms is not None and hub_clock_at_ms is not None:  # when the hub knew it off
                 judged = replace(judged, judged_ms=hub_clock_at_ms)

@@ -18,12 +18,14 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
 import pytest
 
+import protocol.codec
 from agent import Kind, Movement, Outbox, Replicator
 from hub.backup import backup
 from hub.storage.postgres.store import redacted
@@ -53,6 +55,34 @@ async def counts(hub: ServedHub, token: str) -> dict[str, int]:
         session.get(f"{hub.url}/v1/locations/S1/counts", headers={"Authorization": f"Bearer {token}"}) as resp,
     ):
         return {row["sku"]: row["on_hand"] for row in (await resp.json())["counts"]}
+
+
+async def lost_listed(hub: ServedHub, token: str, query: str = "") -> list[dict[str, Any]]:
+    """The ``agent_movements_lost`` entries of the hub's exceptions list (``query``: more of its parameters)."""
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_S)) as session,
+        session.get(
+            f"{hub.url}/v1/exceptions?kind=agent_movements_lost{query}", headers={"Authorization": f"Bearer {token}"}
+        ) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        return list((await resp.json())["exceptions"])
+
+
+async def listed_once_told(
+    outbox: Outbox, hub: ServedHub, agent_token: str, reader: str, *, feed: bool = False
+) -> list[dict[str, Any]]:
+    """Run the outbox's replicator until the hub lists what it lacks of it (the report goes with the request after
+    the answer that showed it, a handshake if nothing else waits), then the list (``feed``: as ``synced``)."""
+    replicator = Replicator(
+        outbox, hub.url, agent_token, retry_base_s=0.01, retry_max_s=0.05, timeout_s=WAIT_S, rng=random.Random(7),
+        tick_s=0.05, feed=feed,
+    )  # fmt: skip
+    async with replicator, asyncio.timeout(WAIT_S):
+        while not (listed := await lost_listed(hub, reader)):
+            await asyncio.sleep(0.05)
+        await replicator.wait_for(lambda s: s.sync_state == "ok" and s.backlog == 0)
+    return listed
 
 
 def restore(copy: Path, db: Path) -> None:
@@ -265,6 +295,7 @@ async def test_movements_acknowledged_to_an_agent_id_before_a_rebind_and_lost_wi
         port = hub.port
         old_id, old_token = await hub.store.add_agent(["S1"])
         new_id, new_token = await hub.store.add_agent(["S1"])
+        _, reader = await hub.store.add_agent([], role="reader")
         async with Outbox.open(path, agent_id=old_id, location="S1") as outbox:
             await outbox.record(moves(3, "SKU-A"))  # seqs 1-3: in the backup
             await synced(outbox, hub.url, old_token, feed=True)
@@ -281,7 +312,7 @@ async def test_movements_acknowledged_to_an_agent_id_before_a_rebind_and_lost_wi
     caplog.clear()
     async with hub_in_process(db, port=port) as hub:
         async with Outbox.open(path, agent_id=new_id, location="S1") as outbox:
-            await synced(outbox, hub.url, new_token, feed=True)
+            (listed,) = await listed_once_told(outbox, hub, new_token, reader, feed=True)  # an idle agent tells it too
             stats = await outbox.stats()
         restored = await counts(hub, new_token)
         config = tmp_path / "agent.toml"
@@ -300,6 +331,103 @@ async def test_movements_acknowledged_to_an_agent_id_before_a_rebind_and_lost_wi
         and "count the store's stock again" in error
     ), error
     assert (stats.hub_lacks, stats.hub_lacks_seqs, stats.hub_lacks_of, stats.acked_seq) == (2, "4-5", old_id, 6)
+    data = listed["data"]
+    assert (data["agent_id"], data["first_seq"], data["last_seq"], data["lost"], data["at_least"], data["of_agent"]) == (
+        new_id, 4, 5, 2, True, old_id
+    )  # fmt: skip
+    assert listed["detail"].startswith(
+        f"S1's agent {new_id}: the hub lacks at least 2 movements of that store (seqs 4 to 5, sent as agent {old_id}"
+        f" before the outbox was rebound to {new_id}), found at 20"
+    ), listed["detail"]
     assert (
         f"\nhub LACKS    at least 2 movements (of seq 4-5) agent {old_id} had acknowledged before the rebind" in shown
     ), shown
+
+
+async def purged_then_restored(db: str, step: Callable[[], Awaitable[None]], path: Path) -> tuple[int, str, str, str]:
+    """A hub backed up after an outbox's seqs 1-5, acknowledging seqs 6-9 after the backup, the outbox purging them
+    (retention passed), the hub restored: the hub's port, the agent's id and token, a reader's token."""
+    async with hub_in_process(db) as hub:
+        port = hub.port
+        agent_id, token = await hub.store.add_agent(["S1"])
+        _, reader = await hub.store.add_agent([], role="reader")
+        async with Outbox.open(path, agent_id=agent_id, location="S1") as outbox:
+            await outbox.record(moves(5, "SKU-P"))
+            await synced(outbox, hub.url, token)
+            await step()  # the backup
+            await outbox.record(moves(4, "SKU-P"))  # seqs 6-9, acknowledged after the backup
+            await synced(outbox, hub.url, token)
+            assert await lost_listed(hub, reader) == []  # nothing lost while the hub holds them
+    async with Outbox.open(path, agent_id=agent_id, location="S1", retention_s=0.0):
+        pass  # retention passed for this store: its acknowledged rows are purged as it opens
+    await step()  # the restore
+    return port, agent_id, token, reader
+
+
+async def test_movements_the_restored_hub_lacks_for_good_are_listed_in_its_exceptions_until_dismissed(
+    backend: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found: the loss showed only at the store (the agent's ERROR and its status' hub LACKS line); the hub's
+    operators, who watch GET /v1/exceptions and the dashboard, never learned that movements of that store were
+    gone, so nobody counted its stock again. Now the agent reports them with its next sync request and the hub
+    lists an ``agent_movements_lost`` exception naming the store, the seqs, how many and when, saying to count the
+    store's stock again (the hub cannot know the SKUs), once, however often the report comes."""
+    caplog.set_level(logging.WARNING)
+    path = tmp_path / "outbox.sqlite3"
+    async with restorable(backend, tmp_path) as (db, step):
+        port, agent_id, token, reader = await purged_then_restored(db, step, path)
+        async with hub_in_process(db, port=port) as hub:
+            async with Outbox.open(path, agent_id=agent_id, location="S1") as outbox:
+                epoch = outbox.epoch
+                (entry,) = await listed_once_told(outbox, hub, token, reader)
+                assert outbox.lost is not None and outbox.lost.found_ms == entry["data"]["found_ms"]
+            async with Outbox.open(path, agent_id=agent_id, location="S1") as outbox:
+                assert await listed_once_told(outbox, hub, token, reader) == [entry]  # told again by a new run: once
+            assert await lost_listed(hub, reader, "&location=S1") == [entry]
+            assert await lost_listed(hub, reader, "&location=S2") == []
+            restored = await counts(hub, token)
+    assert restored == {"SKU-P": -5}
+    assert (entry["kind"], entry["location"], entry["sku"]) == ("agent_movements_lost", "S1", None)
+    data = entry["data"]
+    assert (data["agent_id"], data["epoch_text"], data["first_seq"], data["last_seq"], data["lost"]) == (
+        agent_id, str(epoch), 6, 9, 4
+    )  # fmt: skip
+    assert (data["at_least"], data["of_agent"], data["locations"]) == (False, None, ["S1"])
+    detail = entry["detail"]
+    assert detail.startswith(
+        f"S1's agent {agent_id}: the hub lacks 4 movements of that store (seqs 6 to 9), found at 20"
+    ), detail
+    assert "The hub cannot tell which SKUs they moved" in detail and "count S1's stock again, then dismiss" in detail
+    assert detail.endswith(f"(POST /v1/agents/{agent_id}/lost/dismiss)."), detail
+    (error,) = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]  # the agent's, as before
+    assert "4 of the movements it acknowledged from seq 6 to 9 are no longer in this outbox" in error, error
+
+
+async def test_a_hub_older_than_the_report_of_lost_movements_still_gets_the_events(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hub from before API 1.13 refuses a sync request carrying ``lost`` (400, unknown field): the agent says so
+    once, sends without it from then on, and its events still arrive; its own ERROR and status still say what is
+    lost."""
+    caplog.set_level(logging.INFO, logger="agent")
+    older = protocol.codec._REQUEST_KEYS - {"lost"}  # what a 1.12 hub reads: the real hub, its codec as it was
+    monkeypatch.setattr(protocol.codec, "_REQUEST_KEYS", older)
+    db, copy, path = tmp_path / "hub.db", tmp_path / "backup.db", tmp_path / "outbox.sqlite3"
+
+    async def step() -> None:
+        backup(str(db), copy) if not copy.exists() else restore(copy, db)
+
+    port, agent_id, token, reader = await purged_then_restored(str(db), step, path)
+    async with hub_in_process(db, port=port) as hub:
+        async with Outbox.open(path, agent_id=agent_id, location="S1") as outbox:
+            await outbox.record(moves(2, "SKU-P"))  # seqs 10-11, sent after the answer that shows the loss
+            await synced(outbox, hub.url, token)
+            await outbox.record(moves(1, "SKU-N"))
+            await synced(outbox, hub.url, token)
+            stats = await outbox.stats()
+        assert await counts(hub, token) == {"SKU-P": -7, "SKU-N": -1}
+        assert await lost_listed(hub, reader) == []
+    assert (stats.hub_lacks, stats.hub_lacks_seqs, stats.acked_seq, stats.backlog) == (4, "6-9", 12, 0)
+    said = "does not read the agent's report of movements"
+    refused = [r.getMessage() for r in caplog.records if said in r.getMessage()]
+    assert len(refused) == 2 and "count this store's stock again" in refused[0], refused  # once each run of synced()

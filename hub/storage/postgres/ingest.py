@@ -96,8 +96,9 @@ from hub.storage.sql import (
     STOCK_FIELDS,
     TRANSFER_FIELDS,
 )
+from hub.storage.sql import note_lost as note_lost_sql
 from hub.storage.sql import note_sync as note_sync_sql
-from protocol import DiskReport
+from protocol import DiskReport, LostReport
 
 # The COPY's columns: an event's row (``EventRow``) first, then its id and what the batch decided of it, so a
 # record is that row plus one short tuple (unpacking the row into a new record per event cost more).
@@ -684,6 +685,10 @@ class PostgresIngest:
         disk: DiskReport | None = None,
     ) -> None:
         statement, params = note_sync_sql(agent_id, now_ms, clock_skew_ms, backlog, oldest_pending_ms, sent_ms, disk)
+        await self.conn.execute(numbered(statement), *params)
+
+    async def note_lost(self, agent_id: str, lost: LostReport, now_ms: int) -> None:
+        statement, params = note_lost_sql(agent_id, lost, now_ms)
         await self.conn.execute(numbered(statement), *params)
 
     async def stored_hwm(self, agent_id: str, epoch: int) -> int:

@@ -56,9 +56,10 @@ from hub.storage.sql import (
     STOCK_FIELDS,
     TRANSFER_FIELDS,
 )
+from hub.storage.sql import note_lost as note_lost_sql
 from hub.storage.sql import note_sync as note_sync_sql
 from hub.storage.sqlite.writer import Db
-from protocol import DiskReport
+from protocol import DiskReport, LostReport
 
 T = TypeVar("T")
 
@@ -422,6 +423,9 @@ class SqliteIngest:
         await self.db.execute(
             *note_sync_sql(agent_id, now_ms, clock_skew_ms, backlog, oldest_pending_ms, sent_ms, disk)
         )
+
+    async def note_lost(self, agent_id: str, lost: LostReport, now_ms: int) -> None:
+        await self.db.execute(*note_lost_sql(agent_id, lost, now_ms))
 
     async def stored_hwm(self, agent_id: str, epoch: int) -> int:
         rows = await self._fetch("SELECT hwm FROM agent_hwm WHERE agent_id = ? AND epoch = ?", (agent_id, epoch))
