@@ -74,7 +74,7 @@ from hub.heads import (
 from hub.leases import share_locks
 from hub.proxies import client_of
 from hub.starting import LIVE_PATH
-from hub.storage import keys
+from hub.storage import findings, keys
 from hub.storage.base import (
     INGEST_ROLES,
     AgentIdentity,
@@ -97,6 +97,7 @@ from protocol import (
     answers,
     encode_sync_response,
     routes,
+    values,
     wall_ms_now,
 )
 from protocol.logsafety import RepeatLog
@@ -278,6 +279,9 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
     r.add_get("/v1/ledger", get_ledger, name="ledger")
     r.add_get("/v1/exceptions", get_exceptions, name="exceptions")
     r.add_get("/v1/agents", get_agents, name="agents")
+    heads.add(
+        app, "POST", findings.LOST_DISMISS_PATH, post_dismiss_lost, name="agent_lost_dismiss", check=_dismiss_lost_head
+    )  # fmt: skip
     heads.add(
         app, "PUT", "/v1/locations/{location}/skus/{sku}/safety-stock", put_safety_stock, name="safety_stock",
         check=_safety_stock_head,
@@ -711,6 +715,47 @@ async def get_agents(request: web.Request) -> web.StreamResponse:
 
 
 # --- admin ------------------------------------------------------------------
+
+
+async def post_dismiss_lost(request: web.Request) -> web.Response:
+    """An admin's word that a store was counted again after its agent reported movements the hub lacks for good
+    (``agent_movements_lost``): the agent's entries still listed leave the exceptions list. 404 when none is."""
+    who = identity_of(request)
+    _dismiss_lost_head(request, who)
+    agent_id = request.match_info["agent_id"]
+    if request.body_exists and await request.content.read(1):  # a chunked body: refused once its first byte came
+        raise _lost_body_refused(request)
+    dismissed = await request.app[STORE_KEY].dismiss_lost(agent_id, who.agent_id, wall_ms_now())
+    if not dismissed:
+        raise web.HTTPNotFound(
+            text=f"agent {agent_id} has no lost movements listed; GET /v1/exceptions?kind=agent_movements_lost lists "
+            "those that are (one dismissed already is not)"
+        )
+    log.info(
+        "%s %s dismissed agent %s's report%s of movements the hub lacks for good (%s), its store counted again; they"
+        " leave the exceptions list",
+        who.role, who.agent_id, agent_id, "" if len(dismissed) == 1 else "s",
+        ", ".join(f"seq {first}-{last}: {'at least ' if at_least else ''}{lost:,}" for first, last, lost, at_least in dismissed),
+    )  # fmt: skip
+    return _json({
+        "agent_id": agent_id,
+        "dismissed": [{"first_seq": first, "last_seq": last, "lost": lost, "at_least": at_least}
+                      for first, last, lost, at_least in dismissed],
+    })  # fmt: skip
+
+
+def _dismiss_lost_head(request: web.Request, who: AgentIdentity) -> None:
+    """What ``post_dismiss_lost`` refuses before it looks at the body, asked of a head too (hub.heads): a credential
+    not an admin's, a malformed agent id, a body (the route acts on the path alone)."""
+    refuse(role_refused(who, {ROLE_ADMIN}, "dismiss lost movements"))
+    views.Query(request, set())
+    views.text_param(values.AGENT_ID, request.match_info["agent_id"], "agent_id")
+    if request.content_length:
+        raise _lost_body_refused(request)
+
+
+def _lost_body_refused(request: web.Request) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=f"{request.method} {request.path} takes no body; send the request without one")
 
 
 async def put_safety_stock(request: web.Request) -> web.Response:

@@ -298,6 +298,12 @@ class ReportStore(Protocol):
         filter the list in each source's SQL; an unknown kind is ``InvalidInput``."""
 
     @abc.abstractmethod
+    async def dismiss_lost(self, agent_id: str, by: str, now_ms: int) -> list[tuple[int, int, int, bool]]:
+        """An admin's word that the stock of ``agent_id``'s store was counted again: its reports of movements the
+        hub lacks for good (``agent_movements_lost``) still listed leave the list, dismissed by ``by`` at
+        ``now_ms``. Their (first_seq, last_seq, lost, at_least), oldest first; none listed: []."""
+
+    @abc.abstractmethod
     async def add_observations(self, who: AgentIdentity, observations: Sequence[Observation]) -> ReportResult:
         """Store observations sent by ``who``, deduplicated by (agent_id, obs_id).
         An observation of a location ``who`` is not bound to is rejected; a resend

@@ -288,6 +288,19 @@ class SqlHubStore(HubStore, Generic[D]):
 
     # --- exceptions and the clock quarantine --------------------------------------------------------------
 
+    async def dismiss_lost(self, agent_id: str, by: str, now_ms: int) -> list[tuple[int, int, int, bool]]:
+        listed = "FROM agent_lost WHERE agent_id = ? AND dismissed_ms IS NULL"
+
+        async def dismiss(db: D) -> list[tuple[int, int, int, bool]]:
+            rows = await db.fetch(f"SELECT first_seq, last_seq, lost, at_least {listed} ORDER BY received_ms", (agent_id,))
+            await db.execute(
+                "UPDATE agent_lost SET dismissed_ms = ?, dismissed_by = ? WHERE agent_id = ? AND dismissed_ms IS NULL",
+                (now_ms, by, agent_id),
+            )
+            return [(int(r[0]), int(r[1]), int(r[2]), bool(r[3])) for r in rows]
+
+        return await self._write_db("dismissing the movements an agent lost", dismiss)
+
     async def exceptions(
         self, *, location: str | None = None, limit: int = 1000, transfer_open_max_ms: int | None = None,
         after: ExceptionKey | None = None, kind: str | None = None, since_ms: int | None = None,

@@ -85,6 +85,17 @@ async def listed_once_told(
     return listed
 
 
+async def dismiss_lost(hub: ServedHub, token: str, agent_id: str) -> tuple[int, Any]:
+    """POST /v1/agents/{agent_id}/lost/dismiss: its status and its JSON answer."""
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_S)) as session,
+        session.post(
+            f"{hub.url}/v1/agents/{agent_id}/lost/dismiss", headers={"Authorization": f"Bearer {token}"}
+        ) as resp,
+    ):
+        return resp.status, await resp.json()
+
+
 def restore(copy: Path, db: Path) -> None:
     """The restore procedure of docs/operations.md: the hub stopped, its files moved aside, the copy in place."""
     for stale in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
@@ -344,13 +355,17 @@ async def test_movements_acknowledged_to_an_agent_id_before_a_rebind_and_lost_wi
     ), shown
 
 
-async def purged_then_restored(db: str, step: Callable[[], Awaitable[None]], path: Path) -> tuple[int, str, str, str]:
+async def purged_then_restored(
+    db: str, step: Callable[[], Awaitable[None]], path: Path
+) -> tuple[int, str, str, str, str]:
     """A hub backed up after an outbox's seqs 1-5, acknowledging seqs 6-9 after the backup, the outbox purging them
-    (retention passed), the hub restored: the hub's port, the agent's id and token, a reader's token."""
+    (retention passed), the hub restored: the hub's port, the agent's id and token, a reader's and an admin's
+    token."""
     async with hub_in_process(db) as hub:
         port = hub.port
         agent_id, token = await hub.store.add_agent(["S1"])
         _, reader = await hub.store.add_agent([], role="reader")
+        _, admin = await hub.store.add_agent([], role="admin")
         async with Outbox.open(path, agent_id=agent_id, location="S1") as outbox:
             await outbox.record(moves(5, "SKU-P"))
             await synced(outbox, hub.url, token)
@@ -361,7 +376,7 @@ async def purged_then_restored(db: str, step: Callable[[], Awaitable[None]], pat
     async with Outbox.open(path, agent_id=agent_id, location="S1", retention_s=0.0):
         pass  # retention passed for this store: its acknowledged rows are purged as it opens
     await step()  # the restore
-    return port, agent_id, token, reader
+    return port, agent_id, token, reader, admin
 
 
 async def test_movements_the_restored_hub_lacks_for_good_are_listed_in_its_exceptions_until_dismissed(
@@ -375,7 +390,7 @@ async def test_movements_the_restored_hub_lacks_for_good_are_listed_in_its_excep
     caplog.set_level(logging.WARNING)
     path = tmp_path / "outbox.sqlite3"
     async with restorable(backend, tmp_path) as (db, step):
-        port, agent_id, token, reader = await purged_then_restored(db, step, path)
+        port, agent_id, token, reader, admin = await purged_then_restored(db, step, path)
         async with hub_in_process(db, port=port) as hub:
             async with Outbox.open(path, agent_id=agent_id, location="S1") as outbox:
                 epoch = outbox.epoch
@@ -386,7 +401,19 @@ async def test_movements_the_restored_hub_lacks_for_good_are_listed_in_its_excep
             assert await lost_listed(hub, reader, "&location=S1") == [entry]
             assert await lost_listed(hub, reader, "&location=S2") == []
             restored = await counts(hub, token)
-    assert restored == {"SKU-P": -5}
+            status, refused = await dismiss_lost(hub, reader, agent_id)
+            assert status == 403, refused
+            assert await dismiss_lost(hub, admin, agent_id) == (
+                200, {"agent_id": agent_id, "dismissed": [{"first_seq": 6, "last_seq": 9, "lost": 4, "at_least": False}]}
+            )  # fmt: skip  (the store was counted again)
+            assert await lost_listed(hub, reader) == []
+            async with Outbox.open(path, agent_id=agent_id, location="S1") as outbox:
+                await outbox.record(moves(1, "SKU-N"))
+                await synced(outbox, hub.url, token)  # a new run tells the hub again: dismissed, it stays so
+            assert await lost_listed(hub, reader) == []
+            status, none = await dismiss_lost(hub, admin, agent_id)
+            assert status == 404 and "has no lost movements listed" in none["detail"], none
+    assert restored == {"SKU-P": -5}  # seqs 6-9 are lost: what the entry says
     assert (entry["kind"], entry["location"], entry["sku"]) == ("agent_movements_lost", "S1", None)
     data = entry["data"]
     assert (data["agent_id"], data["epoch_text"], data["first_seq"], data["last_seq"], data["lost"]) == (
@@ -417,7 +444,7 @@ async def test_a_hub_older_than_the_report_of_lost_movements_still_gets_the_even
     async def step() -> None:
         backup(str(db), copy) if not copy.exists() else restore(copy, db)
 
-    port, agent_id, token, reader = await purged_then_restored(str(db), step, path)
+    port, agent_id, token, reader, _ = await purged_then_restored(str(db), step, path)
     async with hub_in_process(db, port=port) as hub:
         async with Outbox.open(path, agent_id=agent_id, location="S1") as outbox:
             await outbox.record(moves(2, "SKU-P"))  # seqs 10-11, sent after the answer that shows the loss
