@@ -23,7 +23,7 @@ from hub.channels import Divergence, LevelKey, Refusal
 from hub.channels.runner import open_channel_state
 from hub.storage import exceptions
 from hub.storage.findings import ORDER_REFUSALS_KEPT_MS
-from protocol import BOOK_OUT_REASON, DiskReport, Kind, StockEvent
+from protocol import BOOK_OUT_REASON, DiskReport, Kind, LostReport, StockEvent
 from tests.harness.inprocess import serve_hub
 from tests.harness.pg import fresh_schema
 from tests.hub.test_paging import NOW_MS, agent, exception_burst, move, walk
@@ -32,7 +32,8 @@ EXCEPTION_KINDS = (  # docs/hub-api.md, GET /v1/exceptions: every kind, in the h
     "negative_on_hand", "unknown_barcode", "transfer_short", "transfer_over", "transfer_unmatched",
     "transfer_shared_ref", "transfer_misdirected", "transfer_overdue", "transfer_unknown_destination",
     "clock_quarantine", "rejected_event", "import_quarantine", "divergence", "channel_divergence", "channel_refused",
-    "channel_mapping", "channel_order_refused", "agent_copies", "agent_disk_full", "book_out_without_ref",
+    "channel_mapping", "channel_order_refused", "agent_copies", "agent_disk_full", "agent_movements_lost",
+    "book_out_without_ref",
 )  # fmt: skip
 PAGE = 9  # small pages: a walk crosses the bursts of rows sharing one at_ms
 TRANSFER_ENDS = ("from", "to")
@@ -87,6 +88,7 @@ async def every_kind(store: HubStore) -> str:
         assert not result.rejected, result.rejected
     await copies(store)
     await disks(store)
+    await losses(store)
     return token
 
 
@@ -123,6 +125,25 @@ async def disks(store: HubStore) -> None:
     assert await store.revoke_agent(revoked.agent_id)
 
 
+async def losses(store: HubStore) -> None:
+    """Store agents reporting movements the hub lacks for good (more than a page of ``agent_movements_lost`` rows):
+    several reports of one agent arriving in one sync's millisecond and in later ones, a report sent again (listed
+    once), and an agent whose reports were dismissed (not listed)."""
+    for i in range(6):
+        who, _ = await agent(store, [("S001", "S003")[i % 2], *(["S002"] if i % 3 == 0 else [])])
+        for n in range(3):
+            lost = LostReport(10 * n + 1, 10 * n + 4, 4 - n, found_ms=NOW_MS, epoch=(1 << 62) + n, at_least=n == 2,
+                              of_agent="agent-before" if n == 2 else None)  # fmt: skip
+            await store.ingest(who, 10, [], lost=lost)
+            if n == 0:
+                await store.ingest(who, 10, [], lost=lost)  # sent again: changes nothing
+            await asyncio.sleep(0.002 * (i % 2))  # some in one millisecond, some apart
+    counted, _ = await agent(store, ["S001"])
+    await store.ingest(counted, 10, [], lost=LostReport(5, 5, 1, found_ms=NOW_MS, epoch=10))
+    assert await store.dismiss_lost(counted.agent_id, "admin-1", NOW_MS) == [(5, 5, 1, False)]
+    await store.ingest(counted, 10, [], lost=LostReport(5, 5, 1, found_ms=NOW_MS, epoch=10))  # told again: dismissed
+
+
 def concerns(row: dict[str, Any], location: str) -> bool:
     """The documented meaning of ``location=``: the row's location, and for a transfer either end and the
     location it was shipped to (a transfer to an unknown location: its sender)."""
@@ -132,7 +153,7 @@ def concerns(row: dict[str, Any], location: str) -> bool:
         return location in (row["data"].get(end) for end in TRANSFER_ENDS) or location in row["data"].get(
             "shippers", ()
         )
-    if row["kind"] in ("agent_copies", "agent_disk_full"):  # any location of the agent's credential
+    if row["kind"] in ("agent_copies", "agent_disk_full", "agent_movements_lost"):  # any of the agent's credential
         return location in row["data"]["locations"]
     return False
 
@@ -175,6 +196,7 @@ async def test_filtered_walks_list_exactly_the_whole_list_filtered(
         {"kind": "transfer_over", "since_ms": middle},
         {"location": "S002", "kind": "agent_copies"},
         {"location": "S003", "kind": "agent_copies", "since_ms": middle},
+        {"location": "S002", "kind": "agent_movements_lost"},
     ]
     for case in cases:
         query = {k: v for k, v in case.items() if k != "since_ms"}
@@ -187,6 +209,8 @@ async def test_filtered_walks_list_exactly_the_whole_list_filtered(
     assert kept(whole, kind="transfer_over", since_ms=middle)
     assert len(kept(whole, location="S002", kind="agent_copies")) == 4  # an agent of two stores listed under either
     assert len(kept(whole, kind="agent_copies")) == 12  # not the outbox that forked once, nor epoch 0's sender
+    assert len(kept(whole, kind="agent_movements_lost")) == 18  # each report once, none of the agent counted again
+    assert len(kept(whole, location="S002", kind="agent_movements_lost")) == 6
 
 
 async def test_the_csv_of_a_filter_holds_its_rows(store: HubStore, ops_client: TestClient[Any, Any]) -> None:
