@@ -61,7 +61,7 @@ from hub.config import (
 from hub.dashboard import api as dashboard_api
 from hub.dashboard.sessions import HTTPS_SESSION_COOKIE, SESSION_COOKIE
 from hub.resolver import BUNDLE_PARTS_MAX, COMPONENT_UNITS_MAX, Effect
-from hub.storage import keys
+from hub.storage import findings, keys
 from hub.storage.base import QUARANTINE_ACTIONS, QUARANTINE_STATUSES
 from hub.storage.checks import CATALOG_ITEMS_MAX, DESCRIPTION_MAX_LEN, PACK_SIZE_MAX
 from hub.storage.keys import WRITEOFF_KIND
@@ -149,7 +149,10 @@ API_VERSION = "1.13.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 
 #      a webhook's aside in GET /v1/webhooks and the status (this hub leaves it to hubs started with a newer entry);
 #      GET /v1/quarantine's pending.vouched (per agent, the most hub_clock_vouched of its unattributed held events)
 # 1.13: GET /v1/status answers settings_differ (the settings that judge events in which this hub differs from another
-#      hub process running on the same PostgreSQL database; empty: none)
+#      hub process running on the same PostgreSQL database; empty: none);
+#      a sync request's report of movements the hub lacks for good (lost: acknowledged, then lost with a restore of
+#      the hub's database, no longer in the agent's outbox), the exception kind agent_movements_lost, and
+#      POST /v1/agents/{agent_id}/lost/dismiss (the store counted again)
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"
@@ -878,6 +881,26 @@ def _paths() -> dict[str, JSON]:
          "304": NOT_MODIFIED},
         parameters=[FORMAT_QUERY, IF_NONE_MATCH],
         cookie=True,
+    ))  # fmt: skip
+    add(findings.LOST_DISMISS_PATH, "post", operation(
+        "dismissAgentLost", "Dismiss an agent's lost movements once its store was counted again",
+        "Admin only; no body (since 1.13). The agent's agent_movements_lost exceptions still listed (movements the "
+        "hub had acknowledged and lacks since its database was restored from an older copy, which the store's PC no "
+        "longer holds) leave the list: say so once the store's stock was counted again. The agent reporting them "
+        "again changes nothing. 404 when none of the agent's is listed.",
+        "Agents",
+        {"200": ok("What was dismissed.", obj({
+            "agent_id": ref("AgentId"),
+            "dismissed": array(obj({
+                "first_seq": integer(1, SEQ_MAX), "last_seq": integer(1, SEQ_MAX), "lost": integer(1, SEQ_MAX),
+                "at_least": {"type": "boolean"},
+            }, ["first_seq", "last_seq", "lost", "at_least"]), lo=1),
+        }, ["agent_id", "dismissed"]), example={"agent_id": "agent-1a2b3c4d", "dismissed": [
+            {"first_seq": 6, "last_seq": 9, "lost": 4, "at_least": False}]})},
+        roles=(ROLE_ADMIN,),
+        parameters=[path_param("agent_id", ref("AgentId"), "The agent that reported the movements lost (the "
+                               "exception's data.agent_id).", "agent-1a2b3c4d")],
+        errors=(404,),
     ))  # fmt: skip
     add("/v1/status", "get", operation(
         "getStatus", "The dashboard's operations summary",
@@ -1691,6 +1714,17 @@ def _schemas() -> dict[str, JSON]:
             }, ["reserve_bytes", "reserve_held_bytes"], closed=True,
                 description="The disk the agent's outbox is on: its disk reserve, the free bytes, a write the full "
                             "disk refused (none since taken)."),
+            "lost": obj({
+                "first_seq": integer(1, SEQ_MAX), "last_seq": integer(1, SEQ_MAX, "At least first_seq."),
+                "count": integer(1, SEQ_MAX, "At most last_seq - first_seq + 1."),
+                "found_ms": integer(0, SEQ_MAX, "The agent's wall clock when it found them lacking."),
+                "epoch": integer(0, EPOCH_MAX, "The outbox epoch the seqs are of."),
+                "at_least": {"type": "boolean", "description": "count is a lower bound (a rebind)."},
+                "of_agent": ref("AgentId"),
+            }, ["first_seq", "last_seq", "count", "found_ms", "epoch"], closed=True,
+                description="Since 1.13: movements the hub had acknowledged and lacks for good (its database restored "
+                            "from an older copy; the agent's outbox no longer holds them). of_agent: the agent id "
+                            "they were acknowledged to, when not agent_id (a rebind). A hub before 1.13 answers 400."),
         }, ["v", "agent_id", "epoch"], closed=True,
             oneOf=[{"required": ["events"]}, {"required": ["columns"]}],
             description="The events as events (one map each) or as columns (one list per field), never both."),

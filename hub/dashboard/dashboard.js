@@ -59,6 +59,7 @@
     channel_order_refused: ["Channel sale not booked", "bad"],
     agent_copies: ["Agent running twice", "bad"],
     agent_disk_full: ["Store PC disk full", "bad"],
+    agent_movements_lost: ["Store movements lost: count again", "bad"],
     book_out_without_ref: ["Book-out names no transfer", "warn"],
   };
   const QUARANTINE_STATUSES = ["pending", "applied", "discarded", "all"];
