@@ -70,7 +70,7 @@ from hub.views import HLC_QUERY_MAX
 from protocol import MSGPACK_CONTENT_TYPE, QTY_MAX, Kind, routes, values
 from protocol import feed as wire
 from protocol.catalog import BARCODE_MAX_LEN, UNKNOWN_SKU_PREFIX
-from protocol.codec import CHAIN_BYTES, DISK_STATES, MAX_BATCH_EVENTS, MAX_COUNTS, WIRE_VERSION
+from protocol.codec import CHAIN_BYTES, DISK_STATES, LOST_FOUND_MS_MAX, MAX_BATCH_EVENTS, MAX_COUNTS, WIRE_VERSION
 from protocol.event import EPOCH_MAX, QTY_SIGN, REF_REQUIRED, SEQ_MAX
 from protocol.hlc import HLC_MAX
 from protocol.ids import EVENT_ID_BYTES
@@ -1717,7 +1717,7 @@ def _schemas() -> dict[str, JSON]:
             "lost": obj({
                 "first_seq": integer(1, SEQ_MAX), "last_seq": integer(1, SEQ_MAX, "At least first_seq."),
                 "count": integer(1, SEQ_MAX, "At most last_seq - first_seq + 1."),
-                "found_ms": integer(0, SEQ_MAX, "The agent's wall clock when it found them lacking."),
+                "found_ms": integer(0, LOST_FOUND_MS_MAX, "The agent's wall clock when it found them lacking."),
                 "epoch": integer(0, EPOCH_MAX, "The outbox epoch the seqs are of."),
                 "at_least": {"type": "boolean", "description": "count is a lower bound (a rebind)."},
                 "of_agent": ref("AgentId"),

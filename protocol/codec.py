@@ -47,6 +47,9 @@ MSGPACK_CONTENT_TYPE = "application/msgpack"
 # (agent.reserve.STEP_BYTES), room for a few thousand scans.
 DISK_ROOM_BYTES = 1 << 20
 DISK_STATES = ("ok", "reserve_in_use", "full")
+# The latest wall ms a LostReport's found_ms may say (far beyond year 6000, as protocol.reports' times): the hub
+# writes it as a date, and a clock a century wrong is still one.
+LOST_FOUND_MS_MAX = (1 << 47) - 1
 
 
 def chain_link(previous: bytes, event_id: bytes) -> bytes:
@@ -387,7 +390,7 @@ def _lost_from_wire(raw: Any) -> LostReport:
     if of_agent is not None:
         of_agent = _check_str(of_agent, "lost.of_agent", AGENT_ID_MAX_LEN, _AGENT_RE, what="agent id")
     return LostReport(
-        first, last, count, _check_int(raw.get("found_ms"), "lost.found_ms", 0, SEQ_MAX),
+        first, last, count, _check_int(raw.get("found_ms"), "lost.found_ms", 0, LOST_FOUND_MS_MAX),
         _check_int(raw.get("epoch"), "lost.epoch", 0, EPOCH_MAX), at_least, of_agent,
     )  # fmt: skip
 

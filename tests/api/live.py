@@ -22,6 +22,7 @@ from typing import Any
 from protocol import (
     MSGPACK_CONTENT_TYPE,
     Kind,
+    LostReport,
     StockEvent,
     SyncRequest,
     decode_sync_response,
@@ -43,6 +44,7 @@ REQUEST_TIMEOUT_S = 10.0
 EMULATOR_TIMEOUT_S = 10.0
 CHANNEL = "web"  # the Shopify channel's name in the hub's config, as in the document's examples
 REFUSED_ORDER = "D1CAFA84CB614476A09D4DCD"  # a refused Square order on the channel, as in the document's example
+LOST_AGENT = "agent-1a2b3c4d"  # an agent whose lost movements are listed, as in the document's example
 CHANNEL_SKUS = ("SKU-1", "SKU-2")  # listed at the shop; SKU-3 is not (an unmapped SKU)
 SHOPIFY_TOKEN_ENV = "SHELFSYNC_API_SHOPIFY_TOKEN"
 SHOPIFY_WEBHOOK_SECRET_ENV = "SHELFSYNC_API_SHOPIFY_WEBHOOK_SECRET"
@@ -100,7 +102,8 @@ def seed(hub: LiveHub) -> None:
         _event(hub.agent, 4, "SKU-3", Kind.SALE, -1, now - 30_000),  # negative on hand: an exception
         _event(hub.agent, 5, "SKU-1", Kind.ADJUST, 1, now + YEAR_MS),  # a year ahead: held in quarantine
     ]
-    body = encode_sync_request(SyncRequest(hub.agent.agent_id, 1, tuple(events), sent_ms=now))
+    lost = LostReport(6, 9, 4, found_ms=now - 70_000, epoch=1)  # acknowledged, then lost with a restore
+    body = encode_sync_request(SyncRequest(hub.agent.agent_id, 1, tuple(events), sent_ms=now, lost=lost))
     status, _, raw = hub.call("POST", SYNC_PATH, hub.agent.token, body, MSGPACK_CONTENT_TYPE)
     assert status == 200, raw[:300]
     assert decode_sync_response(raw).hwm == 5
@@ -178,6 +181,21 @@ def refuse_order(db: Path) -> None:
         conn.close()
 
 
+def lose_movements(db: Path) -> None:
+    """Movements the document's example agent reported the hub lacks for good, as the hub stores them (its
+    credential is not this hub's: the row is the dismiss route's example's, not listed)."""
+    conn = sqlite3.connect(db)
+    try:
+        conn.execute(
+            "INSERT INTO agent_lost (agent_id, epoch, first_seq, last_seq, lost, at_least, found_ms, received_ms)"
+            " VALUES (?, 1, 6, 9, 4, 0, ?, ?)",
+            (LOST_AGENT, wall_ms_now() - 70_000, wall_ms_now() - 60_000),
+        )
+        conn.commit()
+    finally:
+        conn.close()
+
+
 @contextmanager
 def live_hub(tmp_path: Path, *, rate_limit_per_s: float = 1000.0, rate_limit_burst: int = 1000,
              seeded: bool = True, header_timeout_s: float = 10.0) -> Iterator[LiveHub]:  # fmt: skip
@@ -194,6 +212,7 @@ def _served(tmp_path: Path, shop: ShopifyEmulator, rate_limit_per_s: float, rate
     admin = add_credential(db, role="admin")
     agent = add_credential(db, *AGENT_LOCATIONS)
     refuse_order(db)
+    lose_movements(db)
     config = tmp_path / "hub.toml"
     config.write_text(
         f"""[hub]

@@ -17,7 +17,7 @@
   out for (just before the call, once a link has put it in); a report's period starts before it ends; a bundle does not name itself
   (just before the call, once a link has filled the path); a movement is not stamped ahead of the hub's clock;
   a GTIN carries its check digit and a barcode comes once per catalog write; a msgpack report names the
-  credential's own agent and a sync batch's seqs increase. And one for generated invalid cases: ``format=csv``
+  credential's own agent, a sync batch's seqs increase and its lost report's seqs run first to last. And one for generated invalid cases: ``format=csv``
   takes a ``limit`` past a JSON page's maximum (the whole list streamed), so an invalid query drops
   ``format=csv`` and is judged as the JSON request it then is.
 * The examples phase sends the document's own examples (and values of an answer's example as parameters of the
@@ -207,6 +207,11 @@ def own_agent(body: Any) -> None:
     columns = body.get("columns")
     if isinstance(columns, dict) and columns and all(isinstance(col, list) for col in columns.values()):
         body["columns"] = columns_aligned(columns)
+    lost = body.get("lost")
+    if isinstance(lost, dict) and all(isinstance(lost.get(k), int) for k in ("first_seq", "last_seq", "count")):
+        # the seqs run first to last, and count is at most how many they are (SyncRequest.lost)
+        lost["last_seq"] = max(lost["first_seq"], lost["last_seq"])
+        lost["count"] = min(lost["count"], lost["last_seq"] - lost["first_seq"] + 1)
 
 
 def columns_aligned(columns: dict[str, list[Any]]) -> dict[str, list[Any]]:

@@ -34,7 +34,7 @@ from protocol import (
     wall_ms_now,
 )
 from protocol.routes import SYNC_PATH
-from tests.api.live import CHANNEL, REFUSED_ORDER, LiveHub, live_hub
+from tests.api.live import CHANNEL, LOST_AGENT, REFUSED_ORDER, LiveHub, live_hub
 
 JSON_TYPE = "application/json"
 PATH_VALUES = {"location": "S001", "sku": "SKU-1", "name": "web-shop"}
@@ -45,6 +45,7 @@ PER_PATH = {  # path parameters other than PATH_VALUES
     "/v1/channels/{name}/reconcile": {"name": CHANNEL},
     "/v1/channels/{name}/orders/{order_id}/dismiss": {"name": CHANNEL, "order_id": REFUSED_ORDER},
     "/v1/channels/{name}/orders/{order_id}/undismiss": {"name": CHANNEL, "order_id": REFUSED_ORDER},
+    "/v1/agents/{agent_id}/lost/dismiss": {"agent_id": LOST_AGENT},
 }
 NOT_CALLED = {
     ("GET", "/v1/changes/stream"): "a stream that does not end (tests/hub covers it)",

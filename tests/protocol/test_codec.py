@@ -144,6 +144,7 @@ def test_lost_report_round_trips_is_optional_and_refuses_what_cannot_be():
         ({**good, "count": 5}, "lost.count: must be between 1 and 4"),
         ({**good, "count": 0}, "lost.count: must be between 1 and 4"),
         ({**good, "found_ms": -1}, "lost.found_ms: must be between"),
+        ({**good, "found_ms": 1 << 47}, "lost.found_ms: must be between"),  # the hub writes it as a date
         ({**good, "epoch": "3"}, "lost.epoch: must be an integer"),
         ({**good, "at_least": 1}, "lost.at_least: must be true or false"),
         ({**good, "of_agent": "no spaces"}, "lost.of_agent"),
