@@ -141,7 +141,7 @@ AGENT_COPIES = (
 # A store agent whose disk is full or whose reserve is in use (findings.agent_disk), while its credential holds.
 AGENT_DISK_FULL = "g.disk_state IN ('full', 'reserve_in_use') AND g.revoked_ms IS NULL"
 AGENT_LOCATED = "replace(g.locations, ?, '') <> g.locations"
-# Movements a store agent reported the hub lacks for good (schema 33; findings.agent_lost), until an admin dismisses
+# Movements a store agent reported the hub lacks for good (schema 34; findings.agent_lost), until an admin dismisses
 # them: the WHERE of the index agent_lost_listed, walked in the list's order. Listed whether or not the reporting
 # credential holds still: the counts stay wrong until the store is counted again.
 LOST = "l.dismissed_ms IS NULL"

@@ -248,7 +248,7 @@ class Batch:
     peer: str | None = None  # the address the request came from, as the hub saw it (None: not known)
     credential: str | None = None  # the hash of the token ``who`` was found by, confirmed in the transaction
     disk: DiskReport | None = None  # the sender's report of its disk (schema version 21); None: not reported
-    lost: LostReport | None = None  # the sender's report of movements the hub lacks for good (schema version 33)
+    lost: LostReport | None = None  # the sender's report of movements the hub lacks for good (schema version 34)
     # The hub's own clock was this far off its stores' at receipt, the sender's with them (schema version 23):
     # kept with the events held, which are released at their own time once the hub's clock is right.
     hub_clock_off_ms: int | None = None

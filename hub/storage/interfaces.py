@@ -119,7 +119,7 @@ class IngestStore(Protocol):
         judges the batch); a batch that waited for its turn since may be written
         after the hub found its clock right again.
         ``lost``: the sender's report of movements the hub lacks for good (schema
-        version 33), kept in the same transaction; the same report again changes nothing.
+        version 34), kept in the same transaction; the same report again changes nothing.
         Transfer events breaking ``hub.resolver.transfer_problem`` are rejected
         ("invalid_transfer").
 

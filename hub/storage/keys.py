@@ -139,7 +139,7 @@ CHANNEL_ORDER_REFUSED = ExceptionSource(
 AGENT_COPIES = ExceptionSource("agent_copies", "c.at_ms", ("c.agent_id",), "s", ("agent_copies",))
 # a store agent whose disk is full or whose disk reserve is in use, as its newest sync reported (schema 21)
 AGENT_DISK = ExceptionSource("agent_disk", "g.disk_since_ms", ("g.agent_id",), "s", ("agent_disk_full",))
-# movements a store agent reported the hub lacks for good, not dismissed (schema 33; hub.storage.exceptions.LOST)
+# movements a store agent reported the hub lacks for good, not dismissed (schema 34; hub.storage.exceptions.LOST)
 AGENT_LOST = ExceptionSource(
     "agent_lost", "l.received_ms", ("l.agent_id", "l.epoch", "l.first_seq", "l.last_seq"), "siii",
     ("agent_movements_lost",),

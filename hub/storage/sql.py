@@ -93,7 +93,7 @@ def note_sync(
 
 
 def note_lost(agent_id: str, lost: LostReport, now_ms: int) -> tuple[str, tuple[object, ...]]:
-    """The INSERT keeping an agent's report of movements the hub lacks for good (schema version 33, ``agent_lost``)
+    """The INSERT keeping an agent's report of movements the hub lacks for good (schema version 34, ``agent_lost``)
     and its parameters: the same report again (the agent sends it until a hub answers one carrying it) changes
     nothing, its first arrival and a dismissal kept."""
     statement = (

@@ -1,4 +1,4 @@
--- shelfsync hub, SQLite schema version 33: movements a store agent reports the hub lacks for good (protocol.LostReport):
+-- shelfsync hub, SQLite schema version 34: movements a store agent reports the hub lacks for good (protocol.LostReport):
 -- the hub had acknowledged them, its database was then restored from a copy older than them, and the agent's
 -- outbox no longer holds them to send again (retention purged them, or they were acknowledged to the agent id it
 -- had before a rebind). Written in the ingest transaction of the sync request that carried the report; the same

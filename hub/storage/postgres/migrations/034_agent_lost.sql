@@ -1,5 +1,5 @@
--- shelfsync hub, PostgreSQL schema version 33: movements a store agent reports the hub lacks for good (the table of
--- the SQLite schema's 033_agent_lost.sql, which says what each column holds), written in the ingest transaction of
+-- shelfsync hub, PostgreSQL schema version 34: movements a store agent reports the hub lacks for good (the table of
+-- the SQLite schema's 034_agent_lost.sql, which says what each column holds), written in the ingest transaction of
 -- the sync request that carried the report (protocol.LostReport). Each one not dismissed is the exception
 -- agent_movements_lost; an admin dismisses an agent's entries once its store was counted again.
 CREATE TABLE agent_lost (
