@@ -294,8 +294,8 @@ def create_app(store: HubStore, settings: HubSettings) -> web.Application:
     )
     metrics.setup(app, settings.exception_windows())  # GET /metrics
     peer_settings.setup(app, settings)  # at start: which settings differ from another running hub's (PostgreSQL)
-    if settings.webhooks or settings.channels:  # on PostgreSQL, their lock connection, with the hub's lease_stale_s
-        share_locks(app, settings.db, settings.lease_stale_s)
+    if settings.webhooks or settings.channels:  # on PostgreSQL, their lock connection: lease_stale_s, lease_retry_s
+        share_locks(app, settings.db, settings.lease_stale_s, settings.lease_retry_s)
     webhooks.setup(app, settings.webhooks, settings.db)  # GET /v1/webhooks, GET /v1/webhooks/{name}/deliveries
     events_api.setup(app, settings.clock_window_s)  # POST /v1/events
     quarantine.setup(app)  # GET /v1/quarantine, POST /v1/quarantine/release, POST /v1/quarantine/{id}

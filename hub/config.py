@@ -28,7 +28,7 @@ from hub import proxies, secretfiles
 from hub.catchup import CATCHUP_SLOTS
 from hub.channels.config import ChannelConfigError, ChannelSpec, parse_channels
 from hub.clock_window import CLOCK_WINDOW_MAX_S, CLOCK_WINDOW_MIN_S, DEFAULT_CLOCK_WINDOW_S
-from hub.heartbeat import DEFAULT_LEASE_STALE_S
+from hub.heartbeat import DEFAULT_LEASE_RETRY_S, DEFAULT_LEASE_STALE_S
 from hub.storage.base import HubError
 from hub.webhook_spec import WebhookConfigError, WebhookSpec, parse_webhooks
 from protocol.textfile import decode_text, read_text, toml_hint
@@ -42,7 +42,12 @@ PORT_MAX = 65_535
 MAX_BODY_BYTES_LIMIT = 1024 * 1024 * 1024  # a sanity cap on the setting itself: 1 GiB
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_CHANGE_RECHECK_S = 1.0
-LEASE_STALE_MIN_S = 10.0  # well above the 3 s between a hub's checks of its locks: a slow hub is not taken for dead
+# lease_stale_s is at least three of a hub's checks of its locks (lease_retry_s, 3 s) and a second more: 10 s by
+# default, well above the time between two checks, so a slow hub is not taken for dead.
+LEASE_STALE_MIN_CHECKS = 3
+LEASE_STALE_MIN_SLACK_S = 1.0
+LEASE_RETRY_MIN_S = 0.05
+LEASE_RETRY_MAX_S = 60.0
 DEFAULT_BODY_TIMEOUT_S = 60.0
 DEFAULT_DB_TIMEOUT_S = 60.0
 DEFAULT_RATE_LIMIT_PER_S = 50.0
@@ -104,6 +109,8 @@ class HubSettings:
     change_recheck_s: float = DEFAULT_CHANGE_RECHECK_S  # the change feed re-reads the newest change this often
     # PostgreSQL: another hub's lock connection silent this long (its hub paused, stuck) is ended to take its jobs
     lease_stale_s: float = DEFAULT_LEASE_STALE_S
+    # PostgreSQL: how often a hub checks the locks it holds, and a standing-by hub tries to take a webhook or channel
+    lease_retry_s: float = DEFAULT_LEASE_RETRY_S
     # PostgreSQL: a request's database work (a transaction, a read) unanswered this long has its connection closed
     db_timeout_s: float = DEFAULT_DB_TIMEOUT_S
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S  # a request body must arrive whole within this; else 408
@@ -246,12 +253,21 @@ def _validate(s: HubSettings) -> None:
     _typed("change_recheck_s", s.change_recheck_s, float)
     if not 0.05 <= s.change_recheck_s <= 60.0:
         raise ConfigError(f"change_recheck_s must be between 0.05 and 60 seconds, got {s.change_recheck_s}")
+    if isinstance(s.lease_retry_s, int) and not isinstance(s.lease_retry_s, bool):
+        object.__setattr__(s, "lease_retry_s", float(s.lease_retry_s))
+    _typed("lease_retry_s", s.lease_retry_s, float)
+    if not LEASE_RETRY_MIN_S <= s.lease_retry_s <= LEASE_RETRY_MAX_S:
+        raise ConfigError(
+            f"lease_retry_s must be between {LEASE_RETRY_MIN_S:g} and {LEASE_RETRY_MAX_S:g} seconds, got {s.lease_retry_s}"
+        )
     if isinstance(s.lease_stale_s, int) and not isinstance(s.lease_stale_s, bool):
         object.__setattr__(s, "lease_stale_s", float(s.lease_stale_s))
     _typed("lease_stale_s", s.lease_stale_s, float)
-    if not LEASE_STALE_MIN_S <= s.lease_stale_s <= 3600.0:
+    stale_min_s = LEASE_STALE_MIN_CHECKS * s.lease_retry_s + LEASE_STALE_MIN_SLACK_S
+    if not stale_min_s <= s.lease_stale_s <= 3600.0:
         raise ConfigError(
-            f"lease_stale_s must be between {LEASE_STALE_MIN_S:g} and 3600 seconds, got {s.lease_stale_s}"
+            f"lease_stale_s must be between {stale_min_s:g} and 3600 seconds, got {s.lease_stale_s}"
+            + ("" if s.lease_retry_s == DEFAULT_LEASE_RETRY_S else " (at least three lease_retry_s and 1 s more)")
         )
     if isinstance(s.db_timeout_s, int) and not isinstance(s.db_timeout_s, bool):
         object.__setattr__(s, "db_timeout_s", float(s.db_timeout_s))

@@ -13,6 +13,9 @@ import time
 
 # lease_stale_s unless the config says otherwise (hub.config): hub.storage.postgres.leases.LEASE_STALE_S too.
 DEFAULT_LEASE_STALE_S = 30.0
+# lease_retry_s unless the config says otherwise: how often a hub checks the locks it holds (``hub.leases.lead``),
+# and a standing-by hub tries to take the jobs it does not run.
+DEFAULT_LEASE_RETRY_S = 3.0
 
 
 class Heartbeat:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
-from hub.heartbeat import DEFAULT_LEASE_STALE_S
+from hub.heartbeat import DEFAULT_LEASE_RETRY_S, DEFAULT_LEASE_STALE_S
 from hub.storage import POSTGRES_SCHEMES
 from hub.storage.base import StoreError
 from protocol.retry import Backoff, Health
@@ -48,15 +48,17 @@ if TYPE_CHECKING:
 
 class LockConnections:
     """A hub's lock connections, one per kind of job (``of``: ``"channels"``, ``"webhooks"``), made when first asked
-    for (each connects when first used), and the hub's ``lease_stale_s``.
+    for (each connects when first used), the hub's ``lease_stale_s`` and its ``lease_retry_s`` (``retry_s``: how often
+    ``lead`` checks the locks held and tries to take the others).
 
     One per kind, not one for the hub: a lock connection's checks are what prove its holder alive to the other
     hubs (``lead`` runs them every turn), so the channels' lead loop stuck while the webhooks' runs on must leave
     the channels' connection silent, for another hub to end it and take the channels over."""
 
-    def __init__(self, db: str, stale_s: float) -> None:
+    def __init__(self, db: str, stale_s: float, retry_s: float = DEFAULT_LEASE_RETRY_S) -> None:
         self.db = db
         self.stale_s = stale_s
+        self.retry_s = retry_s
         self._made: dict[str, LockConnection] = {}
 
     def of(self, kind: str) -> LockConnection | None:
@@ -73,13 +75,15 @@ class LockConnections:
 LOCKS_KEY: web.AppKey[LockConnections] = web.AppKey("lock_connections")
 
 
-def share_locks(app: web.Application, db: str, stale_s: float | None = None) -> None:
+def share_locks(
+    app: web.Application, db: str, stale_s: float | None = None, retry_s: float = DEFAULT_LEASE_RETRY_S
+) -> None:
     """Make the hub's ``LockConnections`` (its channels' and webhooks' lock connections), at setup. ``stale_s``:
     ``lease_stale_s``, how long another hub's lock connection, or a job's own loop here, may stay silent before its
-    jobs are taken over (the first call sets it: ``hub.app.create_app`` makes them before the webhooks and channels
-    ask for theirs)."""
+    jobs are taken over; ``retry_s``: ``lease_retry_s``, how often ``lead`` turns (the first call sets both:
+    ``hub.app.create_app`` makes them before the webhooks and channels ask for theirs)."""
     if LOCKS_KEY not in app:
-        app[LOCKS_KEY] = LockConnections(db, DEFAULT_LEASE_STALE_S if stale_s is None else stale_s)
+        app[LOCKS_KEY] = LockConnections(db, DEFAULT_LEASE_STALE_S if stale_s is None else stale_s, retry_s)
 
 
 class LeaseHolder(Protocol):

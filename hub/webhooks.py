@@ -23,7 +23,7 @@ On a PostgreSQL hub several hub processes share the database, and only one
 delivers each webhook: the one holding the webhook's deliverer lock (a
 ``hub.storage.postgres.leases.Leases`` of kind ``webhook.deliverer``, as
 channel pushers hold theirs, and the same loop, ``hub.leases.lead``). The others stand by, showing the saved state,
-try again every ``LEASE_RETRY_S`` and take over from the saved cursor when
+try again every ``lease_retry_s`` (3 s) and take over from the saved cursor when
 the holder goes away. A SQLite hub delivers every webhook through the same
 loop over leases always granted (``hub.leases.LocalLeases``), so a deliverer
 whose loop ends by itself is started again after a backoff there too. The stored cursor never moves backwards
@@ -59,7 +59,7 @@ from prometheus_client.registry import Collector
 from hub import paging, views
 from hub.auth import STORE_KEY
 from hub.feed import FEED_KEY, WAIT_MAX_S, ChangeWatch, change_json, read_page
-from hub.heartbeat import BEATING, Heartbeat
+from hub.heartbeat import BEATING, DEFAULT_LEASE_RETRY_S, Heartbeat
 from hub.leases import LOCKS_KEY, LeaseHolder, LocalLeases, Words, lead, share_locks
 from hub.metrics import METRICS_KEY
 from hub.storage import POSTGRES_SCHEMES
@@ -99,7 +99,6 @@ RETRY_BASE_S = 1.0
 RESPONSE_READ_MAX_BYTES = 4_096  # of a receiver's answer, kept for the delivery log
 DELIVERIES_LIMIT_DEFAULT = 100
 DELIVERIES_LIMIT_MAX = 1_000
-LEASE_RETRY_S = 3.0  # a standing-by hub tries to take a webhook this often; a delivering hub checks its locks
 
 
 # --- delivery ------------------------------------------------------------------
@@ -157,6 +156,7 @@ class WebhookDispatcher:
         self.delivering = False  # this hub process runs ``run`` (on PostgreSQL, another one may instead)
         # Whether this hub still holds the webhook's deliverer lock (``LeaseHolder.holds``), asked before each delivery.
         self.holding: Callable[[], bool] = lambda: True
+        self.lease_retry_s = DEFAULT_LEASE_RETRY_S  # the hub's lease_retry_s: ``lead`` notices a lost lock within it
         # How this loop proves to ``hub.leases.lead`` that it is not stuck: every await it makes is bounded.
         self.heartbeat = Heartbeat()
         self.settings = spec.settings_text()  # what its cursor is earned against (``WebhookSpec.settings_text``)
@@ -246,8 +246,8 @@ class WebhookDispatcher:
         if not self.holding():
             # The lock went with its connection, and another hub may be delivering from the saved cursor already:
             # nothing more goes out from here (``lead`` stops this loop at its next turn).
-            self.heartbeat.beat(LEASE_RETRY_S)
-            await asyncio.sleep(LEASE_RETRY_S)
+            self.heartbeat.beat(self.lease_retry_s)
+            await asyncio.sleep(self.lease_retry_s)
             return 0.0
         self.heartbeat.beat(spec.timeout_s)  # a slow receiver within timeout_s is not a stuck deliverer
         outcome = await self._deliver(page.rows)
@@ -420,7 +420,7 @@ def setup(app: web.Application, specs: tuple[WebhookSpec, ...], db: str = "") ->
     app.router.add_get("/v1/webhooks", get_webhooks, name="webhooks")
     app.router.add_get("/v1/webhooks/{name}/deliveries", get_deliveries, name="webhook_deliveries")
     if specs:
-        share_locks(app, db)  # on PostgreSQL, the webhooks' lock connection, and lease_stale_s
+        share_locks(app, db)  # on PostgreSQL, the webhooks' lock connection, lease_stale_s and lease_retry_s
         app.cleanup_ctx.append(lambda app: _run_dispatchers(app, specs, db))
 
 
@@ -453,9 +453,11 @@ async def _run_dispatchers(app: web.Application, specs: tuple[WebhookSpec, ...],
             local.start_all(jobs)
             leases = local
             log.info("delivering the change feed to %d webhook(s): %s", len(tasks), ", ".join(dispatchers))
+        retry_s = app[LOCKS_KEY].retry_s
         for name, d in dispatchers.items():
             d.holding = functools.partial(leases.holds, name)
-        leader = asyncio.create_task(lead(leases, jobs, log, words, LEASE_RETRY_S, lambda: watch.closed),
+            d.lease_retry_s = retry_s
+        leader = asyncio.create_task(lead(leases, jobs, log, words, retry_s, lambda: watch.closed),
                                      name="webhook-leases")  # fmt: skip
         try:
             yield

@@ -85,7 +85,7 @@ def setup(app: web.Application, specs: Sequence[ChannelSpec], db_path: str, db_t
     heads.add(app, "POST", DISMISS_PATH, post_dismiss_order, name="channel_order_dismiss", check=_dismiss_head)
     heads.add(app, "POST", UNDISMISS_PATH, post_undismiss_order, name="channel_order_undismiss", check=_undismiss_head)
     if specs:  # push what each sales channel shows (docs/channels.md)
-        share_locks(app, db_path)  # on PostgreSQL, the channels' lock connection, and lease_stale_s
+        share_locks(app, db_path)  # on PostgreSQL, the channels' lock connection, lease_stale_s and lease_retry_s
         app.cleanup_ctx.append(_run)
 
 

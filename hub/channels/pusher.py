@@ -101,7 +101,7 @@ LEDGER_LOOKBACK = 32  # newest ledger rows of a (location, sku) searched for a c
 UNMAPPED_MAX = 1_000  # SKUs remembered as moving in the pool unmapped since the mapping was loaded
 KIND_NAMES = {"shopify": "Shopify", "square": "Square", "webhook": "the receiver"}
 REMAP_GAP_S = 30.0  # a channel's listing is read for items gone at most this often (after refused pushes)
-LEASE_LOST_WAIT_S = 3.0  # a pusher whose lock went waits this long a turn (hub.channels.runner.LEASE_RETRY_S)
+LEASE_LOST_WAIT_S = 3.0  # a pusher whose lock went waits this long a turn (the default lease_retry_s)
 KEPT_AGAIN_MAX = 2  # pushes in a row, stamped after a count the channel kept, before it is left to reconciliation
 # A register sale whose order has not reached the hub is taken off the counts pushed for at most this long after the
 # channel received it: Square retries an order's webhook for a day, so its order will not come later than that

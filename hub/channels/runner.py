@@ -11,7 +11,7 @@ On a PostgreSQL hub several hub processes share the database, and only one
 pushes each channel: the one holding the channel's pusher lock
 (``hub.channels.state_postgres.PusherLeases``; the loop is
 ``hub.leases.lead``, which webhooks use too). The others
-stand by, try again every ``LEASE_RETRY_S`` and take over, with a new pusher loading the
+stand by, try again every ``lease_retry_s`` (3 s) and take over, with a new pusher loading the
 cursor the last one saved, when the holder goes away. A SQLite hub pushes
 every channel, through the same loop over leases always granted
 (``hub.leases.LocalLeases``): on either backend a channel whose pusher loop
@@ -48,7 +48,6 @@ from hub.storage import POSTGRES_SCHEMES
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-LEASE_RETRY_S = 3.0  # a standing-by hub tries to take a channel this often; a pushing hub checks its locks
 ASKED_RECONCILE = "reconciling as asked"  # work asked for over the API (``run_asked``), in ``lead``'s sentences
 ASKED_REFRESH = "refreshing the mapping as asked"
 _PUSHING: weakref.WeakSet[ChannelPusher] = weakref.WeakSet()  # the pushers this process started
@@ -180,7 +179,7 @@ async def channel_pushers(
 ) -> AsyncIterator[dict[str, ChannelPusher]]:  # fmt: skip
     """Run one pusher (and reconciler) per channel until the block ends. ``db_path``: the hub's database;
     ``locks``: the hub's lock connections (``hub.leases.share_locks``; the channels take theirs) and its
-    ``lease_stale_s``; else a lock connection of their own and the default.
+    ``lease_stale_s`` and ``lease_retry_s``; else a lock connection of their own and the defaults.
 
     The dict yielded is kept up to date: on a PostgreSQL hub a channel's entry is replaced when this hub takes the
     channel over or gives it up."""
@@ -212,7 +211,7 @@ async def channel_pushers(
             log.info("pushing levels to %d channel(s): %s", len(pushers), ", ".join(pushers))
         for job in jobs.values():
             job.handed_out()
-        leading = lead(leases, jobs, log, words, LEASE_RETRY_S, lambda: waiter.closed)  # closed: the hub stops
+        leading = lead(leases, jobs, log, words, locks.retry_s, lambda: waiter.closed)  # closed: the hub stops
         task = asyncio.create_task(leading, name="channel-leases")
         try:
             yield pushers

@@ -11,7 +11,8 @@ from hub.channels import ChannelPusher, ChannelSpec, channel_pushers, runner
 from hub.channels.connector import Connector
 from hub.channels.reconcile import Reconciler
 from hub.channels.runner import pushes_here
-from hub.leases import LocalLeases
+from hub.heartbeat import DEFAULT_LEASE_STALE_S
+from hub.leases import LocalLeases, LockConnections
 from hub.storage.base import StoreError
 from protocol import Kind
 from protocol.retry import Backoff
@@ -48,7 +49,6 @@ async def test_a_pusher_whose_loop_dies_is_started_again_on_a_sqlite_hub(
 ) -> None:
     """A SQLite hub started its pushers once: one whose loop died stayed stopped until the hub restarted."""
     caplog.set_level(logging.INFO, logger="hub.channels.runner")
-    monkeypatch.setattr("hub.channels.runner.LEASE_RETRY_S", 0.05)
     monkeypatch.setattr("hub.leases.ENDED_BACKOFF", Backoff(0.05, 0.05))
     runs, run = [], ChannelPusher.run
 
@@ -63,7 +63,8 @@ async def test_a_pusher_whose_loop_dies_is_started_again_on_a_sqlite_hub(
     variation = square.add_variation("A")
     spec = spec_of({"name": "pickup", "kind": "square", "url": square.url, "pool": {"S1": sq_loc}}, square.token)
     await hub.move((Kind.RECEIVE, 6, "S1", "A"))
-    async with channel_pushers([spec], hub.store, str(hub.db_path), hub.watch) as pushers:
+    locks = LockConnections(str(hub.db_path), DEFAULT_LEASE_STALE_S, retry_s=0.05)  # lease_retry_s
+    async with channel_pushers([spec], hub.store, str(hub.db_path), hub.watch, locks) as pushers:
 
         async def shown() -> bool:
             return square.quantity(variation, sq_loc) == 6
@@ -85,7 +86,6 @@ async def test_a_reconciler_whose_loop_dies_is_started_again_alone_its_pusher_pu
     corrections waiting dropped; on PostgreSQL, the channel handed to another hub). Now the reconciler alone is
     started again, after the backoff, and the pusher it works through runs on untouched."""
     caplog.set_level(logging.INFO, logger="hub.channels.runner")
-    monkeypatch.setattr("hub.channels.runner.LEASE_RETRY_S", 0.05)
     monkeypatch.setattr("hub.leases.ENDED_BACKOFF", Backoff(0.05, 0.05))
     runs, run = [], Reconciler.run
 
@@ -100,7 +100,8 @@ async def test_a_reconciler_whose_loop_dies_is_started_again_alone_its_pusher_pu
     vid = square.add_variation("A")
     spec = spec_of({"name": "pickup", "kind": "square", "url": square.url, "pool": {"S1": sq_loc}}, square.token)
     await hub.move((Kind.RECEIVE, 6, "S1", "A"))
-    async with channel_pushers([spec], hub.store, str(hub.db_path), hub.watch) as pushers:
+    locks = LockConnections(str(hub.db_path), DEFAULT_LEASE_STALE_S, retry_s=0.05)  # lease_retry_s
+    async with channel_pushers([spec], hub.store, str(hub.db_path), hub.watch, locks) as pushers:
         pusher = pushers["pickup"]
 
         async def reconciling() -> bool:

@@ -42,6 +42,12 @@ def test_relative_db_is_relative_to_the_file_and_urls_are_kept(tmp_path: Path) -
         ('[hub]\ndb = "x"\naccess_log = "yes"\n', "access_log must be true or false"),
         ('[hub]\ndb = "x"\nlog_level = "LOUD"\n', "log_level must be one of"),
         ('[hub]\ndb = "x"\nlease_stale_s = 3\n', "lease_stale_s must be between 10 and 3600 seconds, got 3.0"),
+        ('[hub]\ndb = "x"\nlease_retry_s = 0.01\n', "lease_retry_s must be between 0.05 and 60 seconds, got 0.01"),
+        (  # the least lease_stale_s follows lease_retry_s: three checks and a second
+            '[hub]\ndb = "x"\nlease_retry_s = 0.5\nlease_stale_s = 2\n',
+            "lease_stale_s must be between 2.5 and 3600 seconds, got 2.0 (at least three lease_retry_s and 1 s more)",
+        ),
+        ('[hub]\ndb = "x"\nlease_retry_s = 5\nlease_stale_s = 10\n', "lease_stale_s must be between 16 and 3600"),
         ('[hub]\ndb = "x"\ndb_timeout_s = 0.5\n', "db_timeout_s must be between 1 and 3600 seconds, got 0.5"),
         ('[hub]\ndb = "x"\nagent_copies_window_s = 0\n', "agent_copies_window_s must be between 1 and 86400 seconds"),
         ("[hub\n", "is not valid TOML"),
@@ -55,6 +61,14 @@ def test_bad_config_is_one_clear_error(tmp_path: Path, text: str, expected: str)
     with pytest.raises(ConfigError) as caught:
         load_settings(config)
     assert expected in str(caught.value)
+
+
+def test_lease_retry_s_sets_how_often_a_hub_checks_its_locks_and_the_least_lease_stale_s(tmp_path: Path) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text('[hub]\ndb = "x"\n')
+    assert (load_settings(config).lease_retry_s, load_settings(config).lease_stale_s) == (3.0, 30.0)
+    config.write_text('[hub]\ndb = "x"\nlease_retry_s = 0.5\nlease_stale_s = 3\n')
+    assert (load_settings(config).lease_retry_s, load_settings(config).lease_stale_s) == (0.5, 3.0)
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -51,7 +51,8 @@ def test_every_config_key_is_documented() -> None:
         "refused_attempts_per_s", "refused_attempts_burst", "read_bytes_per_s", "read_burst_bytes",
         "header_timeout_s", "keepalive_timeout_s", "max_connections",
         "clock_window_s", "transfer_open_max_s", "agent_copies_window_s", "tls_cert", "tls_key", "public_url", "event_loop", "database_url_file",
-        "export_max_per_credential", "export_max", "lease_stale_s", "db_timeout_s", "catchup_slots", "trusted_proxies",
+        "export_max_per_credential", "export_max", "lease_stale_s", "lease_retry_s", "db_timeout_s", "catchup_slots",
+        "trusted_proxies",
         "trusted_proxy_header",
     }
     missing = [key for key in CONFIG_KEYS if not re.search(rf"^\| `{key}` \|", section, re.MULTILINE)]

@@ -163,7 +163,6 @@ async def test_a_deliverer_whose_loop_dies_is_started_again_on_a_sqlite_hub(
 ) -> None:
     """A SQLite hub started its deliverers once: one whose loop died stayed stopped until the hub restarted."""
     caplog.set_level(logging.INFO, logger="hub.webhooks")
-    monkeypatch.setattr("hub.webhooks.LEASE_RETRY_S", 0.05)
     monkeypatch.setattr("hub.leases.ENDED_BACKOFF", Backoff(0.05, 0.05))
     receiver.fail_first = 0
     runs, run = [], WebhookDispatcher.run
@@ -175,7 +174,7 @@ async def test_a_deliverer_whose_loop_dies_is_started_again_on_a_sqlite_hub(
         await run(self)
 
     monkeypatch.setattr(WebhookDispatcher, "run", dies_the_first_time)
-    async with running_hub(tmp_path, webhooks=(spec(receiver.url),)) as hub:
+    async with running_hub(tmp_path, webhooks=(spec(receiver.url),), lease_retry_s=0.05) as hub:
         agent = await hub.agent()
         await agent.sync((Kind.RECEIVE, 3))
         latest = await hub.store.latest_change_id()
