@@ -42,8 +42,12 @@ from tests.ops.test_hub_alerts import RULES, labels, promtool
 
 RATE_LIMITED_TRIES = 20  # a change answered 429 (rate_limit_per_s) is sent again after its Retry-After
 SECRET = "s3cret-for-the-web-shop"
-BOUND_S = 60.0  # on every wait: a standing-by hub takes a webhook over within seconds (it retries every 3 s)
+BOUND_S = 60.0  # on every wait: a standing-by hub takes a webhook over within seconds (it retries every RETRY_S)
 POLL_S = 0.2
+# lease_retry_s of every hub here (3 s by default): a standing-by hub tries to take the webhook, and the delivering
+# hub checks its lock, this often, so each handover takes a fraction of a second rather than up to 3 s
+RETRY_S = 0.5
+TURNS_S = 4 * RETRY_S  # a few turns of a hub's lead loop: what it does, or does not, at its next checks
 
 
 class CountingReceiver:
@@ -143,8 +147,10 @@ async def _post(hubs: list[HubProcess], agent: Credential, numbers: range) -> No
 def _hubs(tmp_path: Path, receiver: CountingReceiver, pg_db: str) -> list[HubProcess]:
     config = tmp_path / "hub.toml"
     config.write_text(
-        f'[[webhooks]]\nname = "shop"\nurl = "{receiver.url}"\nsecret = "{SECRET}"\nbatch_max = 4\n', encoding="utf-8"
-    )
+        f"[hub]\nlease_retry_s = {RETRY_S}\n\n"
+        f'[[webhooks]]\nname = "shop"\nurl = "{receiver.url}"\nsecret = "{SECRET}"\nbatch_max = 4\n',
+        encoding="utf-8",
+    )  # fmt: skip
     return [HubProcess(tmp_path / f"hub-{i}.log", "--config", str(config), db=pg_db, port=free_port()) for i in (1, 2)]
 
 
@@ -267,7 +273,7 @@ def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def _terminate_lock_connection_after_its_check(pg_db: str) -> None:
     """As ``_terminate_lock_connection``, the moment after the holding hub checked its lock (its ``SELECT 1`` on the
-    lock connection, every ``LEASE_RETRY_S``): the longest it can go on without noticing the lock is gone."""
+    lock connection, every ``lease_retry_s``): the longest it can go on without noticing the lock is gone."""
     (schema,) = parse_qs(urlsplit(pg_db).query)["search_path"]
     conn = await asyncpg.connect(PG_URL)
     try:
@@ -295,7 +301,7 @@ async def test_a_hub_that_lost_its_deliverer_lock_delivers_nothing_more_while_an
     """The deliverer's lock connection ends (a failover, an operator's pg_terminate_backend, the server's
     max_connections full of others, so it cannot come back) while changes keep coming. A hub takes the lock at its
     next try (the other, or the one that lost it, on a new connection); the hub that lost it used to go on
-    delivering until its own next check of the lock, up to ``LEASE_RETRY_S`` later — two hubs delivering the same
+    delivering until its own next check of the lock, up to ``lease_retry_s`` later — two hubs delivering the same
     changes side by side, dozens of them twice. It checks the lock's connection before every delivery: only a
     batch on its way at that moment may arrive twice."""
     agent = await asyncio.to_thread(add_credential, pg_db, "S1")
@@ -316,7 +322,7 @@ async def test_a_hub_that_lost_its_deliverer_lock_delivers_nothing_more_while_an
                     lambda: sum(h.log.count("shop: this hub delivers it now") for h in hubs) >= 2
                 ),
             )
-            await asyncio.sleep(5.0)  # both hubs' next checks of the lock
+            await asyncio.sleep(TURNS_S)  # both hubs' next checks of the lock
         finally:
             posting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -336,14 +342,14 @@ async def test_a_hub_that_lost_its_deliverer_lock_delivers_nothing_more_while_an
         assert "Traceback" not in hub.log and SECRET not in hub.log
 
 
-STALE_S = 10  # lease_stale_s of the hubs below: the least the hub allows, so the test runs in seconds
+STALE_S = 4  # lease_stale_s of the hubs below: near the least the hub allows with RETRY_S, so the test runs in seconds
 
 
 def _stale_hubs(tmp_path: Path, receiver: CountingReceiver, pg_db: str) -> list[HubProcess]:
     """As ``_hubs``, with ``lease_stale_s`` at ``STALE_S`` (30 s by default)."""
     config = tmp_path / "hub.toml"
     config.write_text(
-        f"[hub]\nlease_stale_s = {STALE_S}\n\n"
+        f"[hub]\nlease_stale_s = {STALE_S}\nlease_retry_s = {RETRY_S}\n\n"
         f'[[webhooks]]\nname = "shop"\nurl = "{receiver.url}"\nsecret = "{SECRET}"\nbatch_max = 4\n',
         encoding="utf-8",
     )  # fmt: skip
@@ -356,7 +362,7 @@ async def test_a_paused_hub_loses_its_webhook_to_another_hub_and_delivers_nothin
     """A paused hub (SIGSTOP; or an event loop stuck in a blocking call) keeps its lock connection: its host's kernel
     still answers the TCP keepalives, so PostgreSQL never ended that session nor freed its locks, and the webhook it
     delivered stalled for as long as it stayed paused, the other hub standing by without a word. The holder's
-    lock checks (its lock connection's queries, every 3 s) are what prove it alive: the other hub ends a lock
+    lock checks (its lock connection's queries, every lease_retry_s) are what prove it alive: the other hub ends a lock
     connection silent for ``lease_stale_s``, says so once, and takes the webhook over. The paused hub, resumed,
     finds its lock gone before delivering anything and stands by."""
     agent = await asyncio.to_thread(add_credential, pg_db, "S1")
@@ -398,7 +404,7 @@ async def test_a_paused_hub_loses_its_webhook_to_another_hub_and_delivers_nothin
             return expected <= set(receiver.delivered)
 
         await _until("every change delivered", every_change_arrived)
-        await asyncio.sleep(5.0)  # the resumed hub's next checks of its lock: it takes nothing, sends nothing
+        await asyncio.sleep(TURNS_S)  # the resumed hub's next checks of its lock: it takes nothing, sends nothing
         assert set(receiver.delivered) == expected
         twice = sorted(cid for cid, n in receiver.delivered.items() if n > 1)
         assert len(twice) <= 4, f"changes delivered twice (batch_max is 4, one batch in flight at the pause): {twice}"
@@ -419,7 +425,7 @@ def _hub_at(tmp_path: Path, name: str, url: str, pg_db: str) -> HubProcess:
     """A hub whose webhook shop posts to ``url``, its lease_stale_s the least (a paused hub's is taken in seconds)."""
     config = tmp_path / f"{name}.toml"
     config.write_text(
-        f"[hub]\nlease_stale_s = {STALE_S}\n\n"
+        f"[hub]\nlease_stale_s = {STALE_S}\nlease_retry_s = {RETRY_S}\n\n"
         f'[[webhooks]]\nname = "shop"\nurl = "{url}"\nsecret = "{SECRET}"\nbatch_max = 4\n',
         encoding="utf-8",
     )  # fmt: skip
@@ -475,7 +481,7 @@ async def test_hubs_started_with_a_webhook_moved_start_its_feed_again_once_and_a
         await _post([old], agent, range(16, 20))
         aside = "another hub sharing the database, started after this one, delivers it with another url"
         await _until("the old hub says it stands aside", lambda: asyncio.to_thread(lambda: aside in old.log))
-        await asyncio.sleep(4.0)  # a turn of its lead loop more: it takes nothing again
+        await asyncio.sleep(TURNS_S)  # turns of its lead loop more: it takes nothing again
         assert set(receiver.delivered) == set(range(1, 9)), "the old receiver is sent nothing after the move"
         view = await asyncio.to_thread(_webhook, old.url, reader.token)
         assert view["deliverer"] == "another hub" and aside in view["last_error"], view
@@ -565,7 +571,7 @@ async def test_hubs_started_in_turn_on_alternating_configs_start_the_feed_again_
         aside = "another hub sharing the database, started after this one, delivers it with another url"
         await _until("hub Y stands aside", lambda: asyncio.to_thread(lambda: aside in y.log))
         await _post([y], agent, range(4, 6))
-        await asyncio.sleep(2 * 3.0)  # two turns of its lead loop (LEASE_RETRY_S): it takes nothing again
+        await asyncio.sleep(TURNS_S)  # turns of its lead loop (lease_retry_s): it takes nothing again
         assert y.log.count(reset) == 1, "hub Y started the feed again when it took the webhook back"
         assert max(moved.delivered.values()) == 1 and set(moved.delivered) == expected
         assert set(receiver.delivered) == expected, "nobody delivers under the old config"
