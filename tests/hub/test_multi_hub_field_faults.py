@@ -27,6 +27,11 @@ from tests.harness.tcp_stall import StallingProxy
 
 PG_PORT = 5432
 DB_TIMEOUT_S = 2.0  # the hub's db_timeout_s in these tests
+# The channel's hubs: a standing-by hub tries to take the channel every LEASE_RETRY_S (lease_retry_s, 3 s by default)
+# and ends a lock connection silent for LEASE_STALE_S (lease_stale_s, at least three of those and 1 s more), so the
+# takeover from the stalled hub takes seconds
+LEASE_RETRY_S = 0.5
+LEASE_STALE_S = 4
 # A request's longest answer while the database is silent: a free connection's bound (DB_TIMEOUT_S), or the
 # wait for a free connection (POOL_ACQUIRE_TIMEOUT_S, 5 s) and a new one's connect (CONNECT_TIMEOUT_S, 10 s), with slack.
 ANSWER_BOUND_S = 15.0
@@ -133,7 +138,7 @@ async def test_a_hub_whose_database_stalls_loses_its_channel_to_another_hub_and_
         agent = await asyncio.to_thread(add_credential, pg_url, "S1")
         config = tmp_path / "hub.toml"
         config.write_text(
-            f"[hub]\nlease_stale_s = 10\ndb_timeout_s = {DB_TIMEOUT_S}\n\n"
+            f"[hub]\nlease_stale_s = {LEASE_STALE_S}\nlease_retry_s = {LEASE_RETRY_S}\ndb_timeout_s = {DB_TIMEOUT_S}\n\n"
             f'[[channel]]\nname = "pickup"\nkind = "square"\nurl = "{square.url}"\nsecret_env = "SQUARE_TOKEN"\n'
             f'pool = {{ S1 = "{location_id}" }}\nbuffer = 1\n',
             encoding="utf-8",
