@@ -161,6 +161,18 @@ async def _start(hubs: list[HubProcess]) -> None:
         await asyncio.to_thread(hub.wait_ready)
 
 
+async def _start_adding_credentials(hubs: list[HubProcess], pg_db: str) -> tuple[Credential, Credential]:
+    """``_start``, adding an agent's credential (of S1) and a reader's while the hubs start: whichever opens the fresh
+    schema first migrates it, the others wait for it (as hubs started side by side on a new database do)."""
+    for hub in hubs:
+        hub.spawn()
+    agent = await asyncio.to_thread(add_credential, pg_db, "S1")
+    reader = await asyncio.to_thread(add_credential, pg_db, role="reader")
+    for hub in hubs:
+        await asyncio.to_thread(hub.wait_ready)
+    return agent, reader
+
+
 async def _delivered_once_by_one_hub(
     hubs: list[HubProcess], receiver: CountingReceiver, reader: Credential, expected: set[int]
 ) -> HubProcess:
@@ -185,11 +197,9 @@ async def _delivered_once_by_one_hub(
 async def test_two_postgresql_hubs_deliver_each_change_once_and_hand_the_webhook_over_when_one_is_killed(
     tmp_path: Path, receiver: CountingReceiver, pg_db: str
 ) -> None:
-    agent = await asyncio.to_thread(add_credential, pg_db, "S1")
-    reader = await asyncio.to_thread(add_credential, pg_db, role="reader")
     hubs = _hubs(tmp_path, receiver, pg_db)
     try:
-        await _start(hubs)
+        agent, reader = await _start_adding_credentials(hubs, pg_db)
         await _post(hubs, agent, range(30))
         expected = await asyncio.to_thread(_change_ids, hubs[0].url, reader.token)
         assert len(expected) == 30
@@ -239,11 +249,9 @@ async def _terminate_lock_connection(pg_db: str) -> None:
 async def test_a_hub_that_loses_its_lock_connection_stops_delivering_and_one_hub_delivers_the_rest(
     tmp_path: Path, receiver: CountingReceiver, pg_db: str
 ) -> None:
-    agent = await asyncio.to_thread(add_credential, pg_db, "S1")
-    reader = await asyncio.to_thread(add_credential, pg_db, role="reader")
     hubs = _hubs(tmp_path, receiver, pg_db)
     try:
-        await _start(hubs)
+        agent, reader = await _start_adding_credentials(hubs, pg_db)
         await _post(hubs, agent, range(12))
         expected = await asyncio.to_thread(_change_ids, hubs[0].url, reader.token)
         delivering = await _delivered_once_by_one_hub(hubs, receiver, reader, expected)
@@ -304,11 +312,9 @@ async def test_a_hub_that_lost_its_deliverer_lock_delivers_nothing_more_while_an
     delivering until its own next check of the lock, up to ``lease_retry_s`` later — two hubs delivering the same
     changes side by side, dozens of them twice. It checks the lock's connection before every delivery: only a
     batch on its way at that moment may arrive twice."""
-    agent = await asyncio.to_thread(add_credential, pg_db, "S1")
-    reader = await asyncio.to_thread(add_credential, pg_db, role="reader")
     hubs = _hubs(tmp_path, receiver, pg_db)
     try:
-        await _start(hubs)
+        agent, reader = await _start_adding_credentials(hubs, pg_db)
         await _post(hubs, agent, range(8))
         expected = await asyncio.to_thread(_change_ids, hubs[0].url, reader.token)
         await _delivered_once_by_one_hub(hubs, receiver, reader, expected)
@@ -365,12 +371,10 @@ async def test_a_paused_hub_loses_its_webhook_to_another_hub_and_delivers_nothin
     lock checks (its lock connection's queries, every lease_retry_s) are what prove it alive: the other hub ends a lock
     connection silent for ``lease_stale_s``, says so once, and takes the webhook over. The paused hub, resumed,
     finds its lock gone before delivering anything and stands by."""
-    agent = await asyncio.to_thread(add_credential, pg_db, "S1")
-    reader = await asyncio.to_thread(add_credential, pg_db, role="reader")
     hubs = _stale_hubs(tmp_path, receiver, pg_db)
     paused: HubProcess | None = None
     try:
-        await _start(hubs)
+        agent, reader = await _start_adding_credentials(hubs, pg_db)
         await _post(hubs, agent, range(12))
         expected = await asyncio.to_thread(_change_ids, hubs[0].url, reader.token)
         paused = await _delivered_once_by_one_hub(hubs, receiver, reader, expected)
@@ -441,15 +445,13 @@ async def test_hubs_started_with_a_webhook_moved_start_its_feed_again_once_and_a
     taking over later, does not start it again. The hub on the old config, resumed, never sends the old receiver
     anything more: left alone with the webhook, it stands aside and says why, rather than start the feed again to
     the old receiver."""
-    agent = await asyncio.to_thread(add_credential, pg_db, "S1")
-    reader = await asyncio.to_thread(add_credential, pg_db, role="reader")
     moved = CountingReceiver()
     await moved.start()
     old = _hub_at(tmp_path, "old", receiver.url, pg_db)
     new = [_hub_at(tmp_path, f"new-{i}", moved.url, pg_db) for i in (1, 2)]
     paused: HubProcess | None = None
     try:
-        await _start([old])
+        agent, reader = await _start_adding_credentials([old], pg_db)
         await _post([old], agent, range(8))
         expected = await asyncio.to_thread(_change_ids, old.url, reader.token)
         await _delivered_once_by_one_hub([old], receiver, reader, expected)
@@ -529,8 +531,6 @@ async def test_hubs_started_in_turn_on_alternating_configs_start_the_feed_again_
     started the feed again too (it still took A for the settings it was newer than), so two hubs on alternating
     configs sent the whole feed again at every handover. Y stands aside instead: nobody delivers, and /metrics says
     so (shelfsync_webhook_aside 1, shelfsync_webhook_delivering 0), where failures alone said nothing wrong."""
-    agent = await asyncio.to_thread(add_credential, pg_db, "S1")
-    reader = await asyncio.to_thread(add_credential, pg_db, role="reader")
     moved = CountingReceiver()
     await moved.start()
     x = _hub_at(tmp_path, "x", receiver.url, pg_db)
@@ -539,7 +539,7 @@ async def test_hubs_started_in_turn_on_alternating_configs_start_the_feed_again_
     paused: HubProcess | None = None
     reset = "changed since it last ran"
     try:
-        await _start([x])
+        agent, reader = await _start_adding_credentials([x], pg_db)
         await _post([x], agent, range(4))
         expected = await asyncio.to_thread(_change_ids, x.url, reader.token)
         await _until("hub X delivers to A", lambda: _async(expected <= set(receiver.delivered)))
