@@ -30,7 +30,13 @@ from tests.harness.hub_process import HubProcess
 from tests.harness.net import free_port, get_json
 from tests.harness.pg import fresh_schema
 
-TAKEOVER_S = 30.0  # bound on a standing-by hub taking the channel over (it retries every few seconds)
+TAKEOVER_S = 30.0  # bound on a standing-by hub taking the channel over (it retries every RETRY_S)
+# lease_retry_s of every hub here (3 s by default): a standing-by hub tries to take the channel, and the pushing hub
+# checks its lock, this often, so each handover takes a fraction of a second rather than up to 3 s
+RETRY_S = 0.5
+TURNS_S = 4 * RETRY_S  # a few turns of a hub's lead loop: what it does, or does not, at its next checks
+STALE_S = 4  # lease_stale_s where a test sets it: near the least the hub allows with RETRY_S (30 s by default)
+RECONCILE_S = 10  # reconcile_s where a test sets it: the least the hub allows
 
 
 @pytest.fixture
@@ -61,9 +67,11 @@ def _channel(url: str, token: str) -> dict[str, Any]:
     return channel
 
 
-def _config(tmp_path: Path, square: SquareEmulator, location_id: str) -> Path:
+def _config(tmp_path: Path, square: SquareEmulator, location_id: str, hub: str = "") -> Path:
+    """The hubs' config: ``lease_retry_s`` at ``RETRY_S`` and ``hub`` in its ``[hub]`` table, channel pickup."""
     config = tmp_path / "hub.toml"
     config.write_text(
+        f"[hub]\nlease_retry_s = {RETRY_S}\n{hub}\n"
         f'[[channel]]\nname = "pickup"\nkind = "square"\nurl = "{square.url}"\nsecret_env = "SQUARE_TOKEN"\n'
         f'pool = {{ S1 = "{location_id}" }}\nbuffer = 1\n',
         encoding="utf-8",
@@ -75,14 +83,14 @@ async def _leased_channel(
     tmp_path: Path, square: SquareEmulator, pg_db: str, monkeypatch: pytest.MonkeyPatch, more: str = ""
 ) -> tuple[str, str, Credential, Credential, Path]:
     """A Square location and variation, a store's and a reader's credentials, and a config with ``lease_stale_s =
-    10`` (``more`` appended to its channel table): the location, variation, credentials and config's path."""
+    STALE_S`` (``more`` appended to its channel table): the location, variation, credentials and config's path."""
     monkeypatch.setenv("SQUARE_TOKEN", square.token)
     location_id = square.add_location()
     variation = square.add_variation("SKU-1")
     agent = await asyncio.to_thread(add_credential, pg_db, "S1")
     reader = await asyncio.to_thread(add_credential, pg_db, role="reader")
-    config = _config(tmp_path, square, location_id)
-    config.write_text("[hub]\nlease_stale_s = 10\n\n" + config.read_text(encoding="utf-8") + more, encoding="utf-8")
+    config = _config(tmp_path, square, location_id, hub=f"lease_stale_s = {STALE_S}\n")
+    config.write_text(config.read_text(encoding="utf-8") + more, encoding="utf-8")
     return location_id, variation, agent, reader, config
 
 
@@ -226,7 +234,7 @@ async def test_a_hub_paused_past_lease_stale_s_with_no_other_hub_keeps_its_chann
     unpushed for a backoff. A whole hub that did not run is not a stuck job: it keeps the channel and pushes the
     next movement with the pusher it had (its reconciler, due every 10 s, has the shortest bound of its loops)."""
     location_id, variation, agent, reader, config = await _leased_channel(
-        tmp_path, square, pg_db, monkeypatch, more="reconcile_s = 10\n"
+        tmp_path, square, pg_db, monkeypatch, more=f"reconcile_s = {RECONCILE_S}\n"
     )
 
     async def shown(expected: int) -> bool:
@@ -241,12 +249,13 @@ async def test_a_hub_paused_past_lease_stale_s_with_no_other_hub_keeps_its_chann
 
         os.kill(first.pid, signal.SIGSTOP)
         paused = True
-        await asyncio.sleep(25.0)  # past lease_stale_s (10 s) beyond the bound its reconciler gave (10 s at most)
+        # past lease_stale_s beyond the bound its reconciler gave (RECONCILE_S at most), with 5 s to spare
+        await asyncio.sleep(RECONCILE_S + STALE_S + 5.0)
         os.kill(first.pid, signal.SIGCONT)
         paused = False
         await asyncio.to_thread(_move, first.url, agent.token, "sale-1", "sale", -2, 1)
         await wait_until(lambda: shown(3), "the resumed hub pushes the next sale")
-        await asyncio.sleep(2 * 3.0)  # two more turns of its lead loop (LEASE_RETRY_S): what it does after resuming
+        await asyncio.sleep(TURNS_S)  # more turns of its lead loop (lease_retry_s): what it does after resuming
         assert (await asyncio.to_thread(_channel, first.url, reader.token))["pusher"] == "this hub"
     finally:
         if paused:
@@ -318,9 +327,9 @@ async def test_a_hub_whose_channels_lead_loop_is_stuck_loses_the_channel_while_i
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
-    config = _config(tmp_path, square, location_id)
+    config = _config(tmp_path, square, location_id, hub=f"lease_stale_s = {STALE_S}\n")
     config.write_text(
-        "[hub]\nlease_stale_s = 10\n\n" + config.read_text(encoding="utf-8")
+        config.read_text(encoding="utf-8")
         + f'\n[[webhooks]]\nname = "shop"\nurl = "http://127.0.0.1:{port}/hook"\nsecret = "s3cret-for-the-web-shop"\n',
         encoding="utf-8",
     )  # fmt: skip
@@ -449,7 +458,7 @@ async def test_a_pusher_waiting_while_a_slow_reconciliation_asked_reads_the_list
         await _first_pushing(first, second, agent, reader, shown)
 
         listing = square.fault_at("/v2/catalog/search", "slow")
-        listing.slow_s = 25.0  # past lease_stale_s (10 s), within timeout_s (60 s)
+        listing.slow_s = 3.0 * STALE_S  # well past lease_stale_s, within timeout_s (60 s)
         asked = asyncio.ensure_future(asyncio.to_thread(_reconcile, first.url, admin.token))
         await wait_until(lambda: _now(listing.seen == ["slow"]), "the reconciliation reads the listing")
         await asyncio.to_thread(_move, first.url, agent.token, "sale-1", "sale", -2, 1)
@@ -478,7 +487,7 @@ async def test_a_slow_push_within_its_timeout_is_not_taken_for_a_stuck_pusher(
     location_id, variation, agent, reader, config = await _leased_channel(
         tmp_path, square, pg_db, monkeypatch, more="timeout_s = 40\nreconcile_s = 0\n"
     )
-    square.faults.slow_s = 20.0  # past lease_stale_s, within timeout_s
+    square.faults.slow_s = 3.0 * STALE_S  # well past lease_stale_s, within timeout_s
 
     async def shown(expected: int) -> bool:
         return square.quantity(variation, location_id) == expected
@@ -495,7 +504,7 @@ async def test_a_slow_push_within_its_timeout_is_not_taken_for_a_stuck_pusher(
         views = [await asyncio.to_thread(_channel, h.url, reader.token) for h in (first, second)]
         assert [v["pusher"] for v in views] == ["this hub", "another hub"]
     finally:
-        for hub in (first, second):
+        for hub in (second, first):  # the standing-by hub first: it would take the channel once the other stopped
             hub.close()
     for name in ("hub-1.log", "hub-2.log"):
         text = (tmp_path / name).read_text(encoding="utf-8", errors="replace")
