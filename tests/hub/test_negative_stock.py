@@ -22,7 +22,7 @@ from hub.storage.base import AgentIdentity
 from hub.storage.db import PostgresDb, numbered
 from hub.storage.keys import ExceptionFilter, ExceptionKey
 from hub.storage.postgres import PostgresHubStore
-from protocol import Kind
+from protocol import Kind, wall_ms_now
 from tests.harness.pg import fresh_schema
 from tests.hub.test_exception_plans import Recorded
 from tests.hub.test_paging import NOW_MS, agent, move
@@ -131,9 +131,11 @@ async def test_the_chains_negative_stock_is_read_without_scanning_the_stock_tabl
             "SET enable_seqscan = off; SET enable_bitmapscan = off; SET enable_sort = off; SET jit = off"
         )
         pg = PostgresDb(conn)
+        # the last page starts an hour past now (not past the module's NOW_MS), so a row listed now comes after it
+        # however long the run has lasted
         pages = [(ExceptionFilter(kind="negative_on_hand"), None), (ExceptionFilter(), None),
                  (ExceptionFilter(location="S001"), None),
-                 (ExceptionFilter(), ExceptionKey(NOW_MS + HOUR_MS, "negative_on_hand", ("S001", "SKU-0100")))]  # fmt: skip
+                 (ExceptionFilter(), ExceptionKey(wall_ms_now() + HOUR_MS, "negative_on_hand", ("S001", "SKU-0100")))]  # fmt: skip
         read = 0
         for only, after in pages:
             db = Recorded(pg.fetch)
