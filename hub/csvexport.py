@@ -305,7 +305,7 @@ AGENT_HEADER = (
 QUARANTINE_HEADER = (
     "id", "status", "received", "occurred", "skew_ms", "agent_id", "epoch", "seq", "location", "sku", "name", "kind",
     "qty", "ref", "reason", "source", "attempts", "detail", "resolved_by", "resolved_at", "event_id", "occurred_at",
-    "attrs", "hub_clock_vouched",
+    "attrs", "hub_clock_vouched", "hub_clock_off_ms", "wall_ms", "received_at_ms", "resolved_at_ms",
 )  # fmt: skip
 
 
@@ -349,7 +349,8 @@ def quarantine_cells(r: QuarantineRow, names: dict[str, str]) -> tuple[object, .
         r.quarantine_id, r.status, views.iso_ms(r.received_at_ms), views.hlc_time(r.occurred_at), r.skew_ms,
         r.agent_id, str(r.epoch), r.seq, r.location, r.sku, names.get(r.sku), r.kind, r.qty, r.ref, r.reason,
         r.source, r.attempts, r.detail, r.resolved_by, views.iso_ms(r.resolved_at_ms), event_id_hex(r.event_id),
-        str(r.occurred_at), r.attrs or None, r.hub_clock_vouched,
+        str(r.occurred_at), r.attrs or None, r.hub_clock_vouched, r.hub_clock_off_ms, r.wall_ms, r.received_at_ms,
+        r.resolved_at_ms,
     )  # fmt: skip
 
 

@@ -152,7 +152,9 @@ API_VERSION = "1.13.0"  # 1.1: format=csv on GET /v1/agents and /v1/quarantine; 
 #      hub process running on the same PostgreSQL database; empty: none);
 #      a sync request's report of movements the hub lacks for good (lost: acknowledged, then lost with a restore of
 #      the hub's database, no longer in the agent's outbox), the exception kind agent_movements_lost, and
-#      POST /v1/agents/{agent_id}/lost/dismiss (the store counted again)
+#      POST /v1/agents/{agent_id}/lost/dismiss (the store counted again);
+#      the quarantine CSV's last columns hub_clock_off_ms, wall_ms, received_at_ms and resolved_at_ms: every field
+#      of a held event as JSON is a column of its CSV row
 PATH = "/v1/openapi.json"
 ROUTE_NAME = "openapi"
 JSON_TYPE = "application/json"

@@ -161,3 +161,54 @@ async def test_the_quarantine_as_csv_walks_every_page_of_a_status_and_location(
             assert words in (await resp.json())["detail"], query
     async with client.get("/v1/quarantine?format=csv", headers=bearer(store_token)) as resp:
         assert resp.status == 403  # a store agent's credential reads no quarantine, in no format
+
+
+def as_cell(value: Any) -> str:
+    """A JSON value as ``csvexport.cell`` writes it, as ``csv`` reads it back: numbers as digits, text guarded
+    against formulas, None and empty attrs an empty cell."""
+    written = csvexport.cell(value or None if isinstance(value, dict) else value)
+    return written if isinstance(written, str) else str(written)
+
+
+async def test_every_field_of_a_held_event_as_json_is_a_column_of_its_csv_row_with_the_same_value(
+    client: TestClient[Any, Any], store: HubStore
+) -> None:
+    """Found: the CSV lacked ``hub_clock_off_ms`` (how far the hub's own clock was off when it held the event), and
+    the times in milliseconds, that the JSON rows carry. Now every JSON field is a column, after the ones before
+    (existing readers keep their columns), with the same value: one held because of the hub's clock, one the other
+    stores vouched for the hub's clock, one resolved."""
+    _, reader = await store.add_agent([], role="reader")
+    _, admin = await store.add_agent([], role="admin")
+    agent_id, token = await store.add_agent(["S001"])
+    who = await store.authenticate(token)
+    assert who is not None
+    now = wall_ms_now()
+    ahead = now + 2 * DAY_MS
+    for i, (off, vouched) in enumerate(((2 * DAY_MS, None), (None, 3), (None, None))):
+        [event] = moves(agent_id, 1, "S001", [ahead + i], first_seq=i + 1)
+        result = await store.ingest(who, 1, [event], clock_window_ms=60_000, sent_ms=now,
+                                    hub_clock_off_ms=off, hub_clock_vouched=vouched)  # fmt: skip
+        assert [r.code for r in result.rejected] == ["quarantined"]
+    oldest = min(q.quarantine_id for q in await store.quarantine())
+    resolved = await client.post(f"/v1/quarantine/{oldest}", json={"action": "discard"}, headers=bearer(admin))
+    assert resolved.status == 200, await resolved.text()
+
+    async with client.get("/v1/quarantine?status=all", headers=bearer(reader)) as resp:
+        as_json = (await resp.json())["quarantine"]
+    _, as_csv = await get_csv(client, "/v1/quarantine?status=all&format=csv", bearer(reader))
+    assert list(as_csv[0])[: len(OLD_QUARANTINE_COLUMNS)] == list(OLD_QUARANTINE_COLUMNS), "the old columns first"
+    assert [q["hub_clock_off_ms"] is not None for q in as_json].count(True) == 1
+    assert [q["resolved_at_ms"] is not None for q in as_json].count(True) == 1
+    assert len(as_csv) == len(as_json) == 3
+    for row, q in zip(as_csv, as_json, strict=True):
+        missing = set(q) - set(row)
+        assert not missing, f"JSON fields missing from the CSV: {sorted(missing)}"
+        assert {k: row[k] for k in q} == {k: as_cell(v) for k, v in q.items()}
+
+
+# The columns of GET /v1/quarantine as CSV in 1.12: a reader of them finds them where they were.
+OLD_QUARANTINE_COLUMNS = (
+    "id", "status", "received", "occurred", "skew_ms", "agent_id", "epoch", "seq", "location", "sku", "name", "kind",
+    "qty", "ref", "reason", "source", "attempts", "detail", "resolved_by", "resolved_at", "event_id", "occurred_at",
+    "attrs", "hub_clock_vouched",
+)  # fmt: skip
