@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import getpass
 import logging
 import os
 import shlex
@@ -59,13 +60,15 @@ from protocol.entry import (  # shelfsync-hub --version answers before this modu
     option_before_command,
     package_version,
 )
+from protocol.values import TextField
 
 PROG = "shelfsync-hub"
 EXIT_OK = 0
 EXIT_RESTART = 1  # the hub stopped for a reason a restart fixes (DatabaseMoved, DatabaseUnreachable)
 EXIT_ERROR = 2
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-RELEASED_BY_CLI = "shelfsync-hub"  # resolved_by of what ``quarantine release`` releases: no credential runs it
+# Who ran a ``quarantine release`` (``--by``, else the OS user): no credential runs it, so its record names the person
+OPERATOR_NAME = TextField("name", 64)
 CONFIG_FILE_MODE = 0o600  # an agent configuration holds its token
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 
@@ -212,6 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
         "while the other stores put the hub's clock right (refused without it); say so only when a time server "
         "showed the hub's clock was wrong then",
     )
+    release.add_argument(
+        "--by",
+        metavar="NAME",
+        help="who releases them, as the quarantine and the log record it (with \"(shelfsync-hub)\" after it); "
+        "default: the OS user running the command",
+    )
     catalog.add_command(commands, common)  # catalog import FILE (hub/catalog.py)
     return parser
 
@@ -262,12 +271,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.override_vouched and (args.wrong_clock != "hub" or args.agent is None):
                 parser.error("--override-vouched goes only with --wrong-clock hub and --agent: one store's, as you "
                              "found the hub's clock wrong")  # fmt: skip
-            if args.wrong_clock is not None:
-                return asyncio.run(_release_held(settings, args.wrong_clock, args.agent, sys.stdout,
-                                                 override_vouched=args.override_vouched))  # fmt: skip
-            if args.agent is not None:
+            if args.wrong_clock is None and args.agent is not None:
                 parser.error("--agent goes with --wrong-clock: say whose clock was wrong (hub or store)")
-            return asyncio.run(_release_hub_clock(settings, sys.stdout))
+            operator = operator_of(args.by)  # who the release is recorded as: before anything is opened
+            if args.wrong_clock is not None:
+                return asyncio.run(_release_held(settings, operator, args.wrong_clock, args.agent, sys.stdout,
+                                                 override_vouched=args.override_vouched))  # fmt: skip
+            return asyncio.run(_release_hub_clock(settings, operator, sys.stdout))
         return asyncio.run(_agent_command(args, settings, sys.stdout))
     except (DatabaseMoved, DatabaseUnreachable) as err:  # not a configuration error: the service starts it again
         print(f"{PROG}: {err}", file=sys.stderr)
@@ -405,10 +415,27 @@ async def _agent_command(args: argparse.Namespace, settings: HubSettings, out: T
     return EXIT_OK
 
 
-async def _release_hub_clock(settings: HubSettings, out: TextIO) -> int:
+def operator_of(by: str | None) -> str:
+    """Who a ``quarantine release`` is recorded (``resolved_by``, the released events' ``released_by``) and logged as,
+    where the HTTP route names the admin's credential: the person (``--by NAME``, else the OS user running the
+    command), and that it was this command."""
+    what = "--by"
+    if by is None:
+        what = "the login name of the OS user running the command"
+        try:
+            by = getpass.getuser()
+        except (OSError, KeyError) as err:  # no login name in the environment, and no account entry for the user
+            raise CliError(f"cannot tell who runs this command ({err}); name yourself with --by NAME") from None
+    problem = OPERATOR_NAME.problem(by)
+    if problem is not None:
+        raise CliError(f"{what} {problem}; a name is {OPERATOR_NAME.rule()} (name yourself with --by NAME)")
+    return f"{by} ({PROG})"
+
+
+async def _release_hub_clock(settings: HubSettings, operator: str, out: TextIO) -> int:
     _existing_db(settings)
     async with open_store(settings.db) as store:
-        released, left = await store.release_hub_clock(settings.clock_window_s * 1000, RELEASED_BY_CLI)
+        released, left = await store.release_hub_clock(settings.clock_window_s * 1000, operator)
     if released + left == 0:
         out.write("Nothing is held because of the hub's own clock.\n")
     else:
@@ -421,11 +448,12 @@ async def _release_hub_clock(settings: HubSettings, out: TextIO) -> int:
 
 
 async def _release_held(
-    settings: HubSettings, wrong_clock: str, agent_id: str | None, out: TextIO, *, override_vouched: bool = False
+    settings: HubSettings, operator: str, wrong_clock: str, agent_id: str | None, out: TextIO, *,
+    override_vouched: bool = False,
 ) -> int:
     _existing_db(settings)
     async with open_store(settings.db) as store:
-        released, left = await store.release_held(settings.clock_window_s * 1000, RELEASED_BY_CLI, wrong_clock,
+        released, left = await store.release_held(settings.clock_window_s * 1000, operator, wrong_clock,
                                                   agent_id, override_vouched=override_vouched)  # fmt: skip
     out.write(released_sentence(released, left, wrong_clock, agent_id) + "\n")
     return EXIT_OK

@@ -115,11 +115,12 @@ def held_while_the_hubs_clock_ran_ahead(db: Path | str, tmp_path: Path, how: str
         else:
             done = subprocess.run(
                 [sys.executable, "-m", "hub", "quarantine", "release", "--db", str(db)],
-                env=hub_env(), capture_output=True, check=False, text=True, timeout=60,
+                env=hub_env(LOGNAME="ops-oncall", USER="ops-oncall"), capture_output=True, check=False, text=True,
+                timeout=60,
             )  # fmt: skip
             assert done.returncode == 0, done.stderr
             assert done.stdout.startswith("Released 4 movement(s) held because of the hub's own clock"), done.stdout
-            released_by = "shelfsync-hub"
+            released_by = "ops-oncall (shelfsync-hub)"  # the OS user who ran it
         assert pending(hub, admin.token) == []
         applied = get_json(f"{hub.url}/v1/quarantine?status=applied", admin.token)["quarantine"]
         assert sorted(q["resolved_by"] for q in applied) == [released_by] * 4, applied
