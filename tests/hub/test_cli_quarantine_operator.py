@@ -52,9 +52,10 @@ async def test_each_release_names_the_os_user_who_ran_it_or_the_name_given_with_
     command, where the HTTP route names the admin's credential."""
     db = str(await new_db(tmp_path / "hub.db", tmp_path))
     async with open_store(db) as store:
-        by_hub = await hold(store, "S001", hub_clock_off_ms=-3 * HOUR_MS)  # the stores agreed: the hub's clock
         lone = await hold(store, "S002")  # the hub could not tell whose clock was wrong
         vouched = await hold(store, "S003", hub_clock_vouched=2)  # two other stores put the hub's clock right
+        # last: a row held knowing the hub's clock off records that finding, and rows held after it are the hub's
+        by_hub = await hold(store, "S001", hub_clock_off_ms=-3 * HOUR_MS)  # the stores agreed: the hub's clock
 
     itself = await run_as("mara", "quarantine", "release", "--db", db, cwd=tmp_path)
     assert itself.code == 0, itself.err
