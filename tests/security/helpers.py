@@ -17,6 +17,7 @@ from protocol import Kind, StockEvent, SyncRequest, encode_sync_request, new_eve
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 PLACEHOLDERS = {
     "location": "S001", "sku": "SKU-1", "name": "hook", "id": "x", "quarantine_id": "1", "order_id": "ORDER-1",
+    "agent_id": "agent-1",
 }  # fmt: skip
 
 
