@@ -224,10 +224,22 @@ def _envelope(obj: Any, what: str, keys: set[str]) -> Mapping[str, Any]:
     version = obj.get("v")
     if version != WIRE_VERSION:
         raise ProtocolError(f"unsupported wire version {version!r}; this side speaks version {WIRE_VERSION}", field="v")
+    _no_unknown(obj, keys, what)
+    return obj
+
+
+def _no_unknown(obj: Mapping[Any, Any], keys: set[str], field: str) -> None:
     unknown = set(obj) - keys
     if unknown:
-        raise ProtocolError(f"unknown field(s) {', '.join(sorted(map(str, unknown)))[:80]}", field=what)
-    return obj
+        raise ProtocolError(f"unknown field(s) {', '.join(sorted(map(str, unknown)))[:80]}", field=field)
+
+
+def _sub_map(raw: Any, field: str, keys: set[str]) -> dict[Any, Any]:
+    """``raw``, a map of a sync request's optional field ``field`` (``disk``, ``lost``) holding only ``keys``."""
+    if type(raw) is not dict:
+        raise ProtocolError(f"must be a map, got {type(raw).__name__}", field=field)
+    _no_unknown(raw, keys, field)
+    return raw
 
 
 def encode_events(events: tuple[StockEvent, ...] | list[StockEvent], *, as_columns: bool = True) -> bytes:
@@ -342,11 +354,7 @@ _DISK_KEYS = {"reserve_bytes", "reserve_held_bytes", "free_bytes", "refused_ms"}
 
 
 def _disk_from_wire(raw: Any) -> DiskReport:
-    if type(raw) is not dict:
-        raise ProtocolError(f"must be a map, got {type(raw).__name__}", field="disk")
-    unknown = set(raw) - _DISK_KEYS
-    if unknown:
-        raise ProtocolError(f"unknown field(s) {', '.join(sorted(map(str, unknown)))[:80]}", field="disk")
+    raw = _sub_map(raw, "disk", _DISK_KEYS)
     size = _check_int(raw.get("reserve_bytes"), "disk.reserve_bytes", 0, SEQ_MAX)
     # More held than configured (a reserve file left larger by hand) is the whole reserve, as the agent reads it.
     held = min(size, _check_int(raw.get("reserve_held_bytes"), "disk.reserve_held_bytes", 0, SEQ_MAX))
@@ -375,11 +383,7 @@ _LOST_KEYS = {"first_seq", "last_seq", "count", "found_ms", "epoch", "at_least",
 
 
 def _lost_from_wire(raw: Any) -> LostReport:
-    if type(raw) is not dict:
-        raise ProtocolError(f"must be a map, got {type(raw).__name__}", field="lost")
-    unknown = set(raw) - _LOST_KEYS
-    if unknown:
-        raise ProtocolError(f"unknown field(s) {', '.join(sorted(map(str, unknown)))[:80]}", field="lost")
+    raw = _sub_map(raw, "lost", _LOST_KEYS)
     first = _check_int(raw.get("first_seq"), "lost.first_seq", 1, SEQ_MAX)
     last = _check_int(raw.get("last_seq"), "lost.last_seq", first, SEQ_MAX)
     count = _check_int(raw.get("count"), "lost.count", 1, last - first + 1)  # no more than the seqs it spans
